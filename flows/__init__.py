@@ -1,0 +1,1 @@
+"""Prefect flows of socialads: data-prep, train and the parent pipeline."""

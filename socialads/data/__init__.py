@@ -1,0 +1,1 @@
+"""Lake I/O, the data schema and validation of raw files."""

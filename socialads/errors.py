@@ -1,0 +1,48 @@
+"""Domain exceptions of the library; the edges (CLI, API, flows) translate them."""
+
+from __future__ import annotations
+
+
+class SocialAdsError(Exception):
+    """Base of every error socialads raises on purpose; its message is meant for people."""
+
+    exit_code: int = 1
+
+
+class ConfigurationError(SocialAdsError):
+    """A setting is missing or malformed."""
+
+    exit_code = 2
+
+
+class LakeError(SocialAdsError):
+    """The data lake could not be read or written (unreachable endpoint, credentials, ...)."""
+
+
+class DataValidationError(SocialAdsError):
+    """The raw data does not satisfy the declared schema."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid data: " + "; ".join(problems))
+
+
+class InvalidInputError(SocialAdsError):
+    """A prediction request has a field that is missing, of the wrong type or out of bounds."""
+
+    exit_code = 2
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")
+
+
+class RegistryError(SocialAdsError):
+    """The MLflow tracking server or model registry failed."""
+
+
+class NoChampionError(SocialAdsError):
+    """The registry has no model under the champion alias yet."""
+
+    exit_code = 3

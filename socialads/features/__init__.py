@@ -1,0 +1,1 @@
+"""Gender encoding, stratified split and the preprocessing pipeline."""

@@ -1,0 +1,1 @@
+"""Candidates, CV search, evaluation, MLflow tracking, registry and promotion gate."""

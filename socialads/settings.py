@@ -1,0 +1,260 @@
+"""The one settings object of socialads.
+
+Built once per process at an edge (CLI callback, API lifespan, flow entry) and passed down.
+Canonical names carry the ``SOCIALADS_`` prefix; the standard variables of the tools
+(``MLFLOW_TRACKING_URI``, ``AWS_ACCESS_KEY_ID``, ``PREFECT_API_URL``, ...) and the original
+project's ``.env`` names (``MINIO_ACCESS_KEY``, ``DATA_REPO_BUCKET_NAME``, ...) are honoured too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from platformdirs import user_data_path
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SelectionMetric = Literal["f1", "accuracy", "precision", "recall", "roc_auc"]
+CANDIDATE_NAMES: tuple[str, ...] = (
+    "logistic_regression",
+    "gaussian_nb",
+    "knn",
+    "svm_rbf",
+    "random_forest",
+    "gradient_boosting",
+)
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+def default_home() -> Path:
+    """Where the embedded default keeps its lake, MLflow store and Prefect home."""
+    return user_data_path("socialads", appauthor=False)
+
+
+class Settings(BaseSettings):
+    """Every knob of socialads, read from the environment and a ``.env`` file."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    # -- where things live -------------------------------------------------------------------
+    home: Path = Field(
+        default_factory=default_home,
+        validation_alias=_env("SOCIALADS_HOME"),
+        description="Folder of the embedded default (local lake, MLflow store, Prefect home).",
+    )
+    lake_url: str | None = Field(
+        default=None,
+        validation_alias=_env("SOCIALADS_LAKE_URL"),
+        description="fsspec URL of the data lake: file:///path or s3://bucket. "
+        "Default: s3://$DATA_REPO_BUCKET_NAME when that is set, else <home>/lake.",
+    )
+    data_bucket: str | None = Field(
+        default=None,
+        validation_alias=_env("SOCIALADS_DATA_BUCKET", "DATA_REPO_BUCKET_NAME"),
+        description="Bucket of the lake on S3 (original name: DATA_REPO_BUCKET_NAME).",
+    )
+    artifacts_bucket: str = Field(
+        default="mlflow",
+        validation_alias=_env("SOCIALADS_ARTIFACTS_BUCKET"),
+        description="Bucket MLflow keeps artifacts in; created by `socialads lake init`.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=_env("SOCIALADS_S3_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"),
+        description="S3 endpoint (MinIO): http://s3:9000 in compose.",
+    )
+    s3_access_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=_env("SOCIALADS_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "MINIO_ACCESS_KEY"),
+    )
+    s3_secret_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=_env(
+            "SOCIALADS_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY", "MINIO_SECRET_ACCESS_KEY"
+        ),
+    )
+    s3_region: str = Field(default="us-east-1", validation_alias=_env("SOCIALADS_S3_REGION"))
+    io_retries: int = Field(
+        default=3,
+        ge=0,
+        le=10,
+        validation_alias=_env("SOCIALADS_IO_RETRIES"),
+        description="Retries of lake and registry I/O on transient errors.",
+    )
+
+    # -- MLflow ------------------------------------------------------------------------------
+    tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=_env("SOCIALADS_TRACKING_URI", "MLFLOW_TRACKING_URI"),
+        description="MLflow tracking server. Default: SQLite store under <home>/mlflow.",
+    )
+    experiment_name: str = Field(
+        default="Social_Network_Ads_Experiment",
+        validation_alias=_env("SOCIALADS_EXPERIMENT_NAME"),
+    )
+    model_name: str = Field(
+        default="SocialNetworkAdsModel",
+        validation_alias=_env("SOCIALADS_MODEL_NAME"),
+    )
+    champion_alias: str = Field(default="champion", validation_alias=_env("SOCIALADS_CHAMPION_ALIAS"))
+    challenger_alias: str = Field(
+        default="challenger", validation_alias=_env("SOCIALADS_CHALLENGER_ALIAS")
+    )
+
+    # -- training ----------------------------------------------------------------------------
+    test_size: float = Field(default=0.2, gt=0, lt=1, validation_alias=_env("SOCIALADS_TEST_SIZE"))
+    random_state: int = Field(default=42, validation_alias=_env("SOCIALADS_RANDOM_STATE"))
+    cv_folds: int = Field(default=5, ge=2, le=20, validation_alias=_env("SOCIALADS_CV_FOLDS"))
+    selection_metric: SelectionMetric = Field(
+        default="f1", validation_alias=_env("SOCIALADS_SELECTION_METRIC")
+    )
+    candidates: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(CANDIDATE_NAMES),
+        validation_alias=_env("SOCIALADS_CANDIDATES"),
+        description="Comma-separated candidate families to search.",
+    )
+    n_jobs: int = Field(default=1, validation_alias=_env("SOCIALADS_N_JOBS"))
+
+    # -- Prefect -----------------------------------------------------------------------------
+    prefect_api_url: str | None = Field(
+        default=None,
+        validation_alias=_env("SOCIALADS_PREFECT_API_URL", "PREFECT_API_URL"),
+        description="Prefect server API. Default: a local server under <home>/prefect.",
+    )
+    pipeline_cron: str | None = Field(
+        default=None,
+        validation_alias=_env("SOCIALADS_PIPELINE_CRON"),
+        description="Cron schedule of the `pipeline` deployment; off when unset.",
+    )
+
+    # -- serving -----------------------------------------------------------------------------
+    api_host: str = Field(default="127.0.0.1", validation_alias=_env("SOCIALADS_API_HOST"))
+    api_port: int = Field(default=8800, ge=1, le=65535, validation_alias=_env("SOCIALADS_API_PORT"))
+    api_workers: int = Field(default=1, ge=1, le=64, validation_alias=_env("SOCIALADS_API_WORKERS"))
+    api_key: SecretStr | None = Field(default=None, validation_alias=_env("SOCIALADS_API_KEY"))
+    reload_interval: float = Field(
+        default=10.0,
+        gt=0,
+        validation_alias=_env("SOCIALADS_RELOAD_INTERVAL"),
+        description="Seconds between checks of the champion alias by the API.",
+    )
+    batch_max_records: int = Field(
+        default=1000, ge=1, le=100_000, validation_alias=_env("SOCIALADS_BATCH_MAX_RECORDS")
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, validation_alias=_env("SOCIALADS_MAX_BODY_BYTES")
+    )
+    require_model_at_start: bool = Field(
+        default=False,
+        validation_alias=_env("SOCIALADS_REQUIRE_MODEL_AT_START"),
+        description="Exit at start when no champion can be loaded, instead of retrying.",
+    )
+
+    @field_validator("candidates", mode="before")
+    @classmethod
+    def _split_candidates(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("candidates")
+    @classmethod
+    def _known_candidates(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(CANDIDATE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown candidates {unknown}; choose from {list(CANDIDATE_NAMES)}")
+        if not value:
+            raise ValueError("at least one candidate is needed")
+        return value
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _credentials_in_pairs(self) -> Settings:
+        if (self.s3_access_key is None) != (self.s3_secret_key is None):
+            raise ValueError(
+                "S3 credentials come in pairs: set both the access key and the secret key "
+                "(SOCIALADS_S3_ACCESS_KEY/SOCIALADS_S3_SECRET_KEY or MINIO_ACCESS_KEY/"
+                "MINIO_SECRET_ACCESS_KEY)"
+            )
+        return self
+
+    # -- derived -----------------------------------------------------------------------------
+    @property
+    def lake(self) -> str:
+        """The lake's fsspec URL, resolved from the settings above."""
+        if self.lake_url:
+            return self.lake_url.rstrip("/")
+        if self.data_bucket:
+            return f"s3://{self.data_bucket}"
+        return (self.home / "lake").as_uri()
+
+    @property
+    def mlflow_uri(self) -> str:
+        """The MLflow tracking (and registry) URI."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> str | None:
+        """Artifact root for experiments created by the embedded default (None for servers)."""
+        if self.tracking_uri:
+            return None
+        return (self.home / "mlflow" / "artifacts").as_uri()
+
+    @property
+    def prefect_home(self) -> Path:
+        """PREFECT_HOME of the embedded default."""
+        return self.home / "prefect"
+
+    def storage_options(self, url: str | None = None) -> dict[str, object]:
+        """fsspec options for ``url`` (the lake by default): endpoint and credentials for s3."""
+        target = url or self.lake
+        if not target.startswith(("s3://", "s3a://")):
+            return {}
+        options: dict[str, object] = {}
+        client_kwargs: dict[str, object] = {"region_name": self.s3_region}
+        if self.s3_endpoint_url:
+            client_kwargs["endpoint_url"] = self.s3_endpoint_url
+        options["client_kwargs"] = client_kwargs
+        if self.s3_access_key is not None and self.s3_secret_key is not None:
+            options["key"] = self.s3_access_key.get_secret_value()
+            options["secret"] = self.s3_secret_key.get_secret_value()
+        # Bounded retries: a wrong endpoint must fail in seconds, not minutes.
+        options["config_kwargs"] = {
+            "retries": {"max_attempts": 2, "mode": "standard"},
+            "connect_timeout": 5,
+            "read_timeout": 30,
+        }
+        return options
+
+    def describe(self) -> dict[str, str]:
+        """A secret-free summary for logs and `socialads info`."""
+        return {
+            "home": str(self.home),
+            "lake": self.lake,
+            "s3_endpoint": self.s3_endpoint_url or "-",
+            "mlflow": self.mlflow_uri,
+            "experiment": self.experiment_name,
+            "model": self.model_name,
+            "prefect_api": self.prefect_api_url or f"local server under {self.prefect_home}",
+        }
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment (and ``.env``), with explicit overrides."""
+    return Settings(**overrides)  # type: ignore[arg-type]
