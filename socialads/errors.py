@@ -18,6 +18,10 @@ class ConfigurationError(SocialAdsError):
 class LakeError(SocialAdsError):
     """The data lake could not be read or written (unreachable endpoint, credentials, ...)."""
 
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        self.transient = transient
+        super().__init__(message)
+
 
 class DataValidationError(SocialAdsError):
     """The raw data does not satisfy the declared schema."""

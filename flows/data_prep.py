@@ -1,0 +1,87 @@
+"""The data-prep flow: ingest → validate → normalise/split → scale → write back to the lake."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import flow_settings, retry_transient
+from socialads.data.lake import RAW_KEY, Lake, sha256
+from socialads.data.processed import Manifest, write_processed
+from socialads.data.validation import load_and_validate
+from socialads.features.preprocessing import fit_scaler, split
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from socialads.settings import Settings
+
+IO = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": retry_transient,
+      "cache_policy": NO_CACHE}
+
+
+@task(name="ingest-raw", **IO)
+def ingest_raw(lake: Lake) -> bytes:
+    """Put the bundled dataset in the lake if the raw file is missing, then read it."""
+    logger = get_run_logger()
+    if lake.ensure_raw():
+        logger.info("the lake had no raw file; uploaded the bundled dataset to %s", lake.uri(RAW_KEY))
+    data = lake.read_bytes(RAW_KEY)
+    logger.info("read %s (%d bytes, sha256 %s)", lake.uri(RAW_KEY), len(data), sha256(data)[:12])
+    return data
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate_raw(data: bytes) -> pd.DataFrame:
+    """Check the raw file against the schema; stops the run with the problems named."""
+    frame = load_and_validate(data)
+    get_run_logger().info("validated %d rows", len(frame))
+    return frame
+
+
+@task(name="split", cache_policy=NO_CACHE)
+def split_data(frame: pd.DataFrame, test_size: float, random_state: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stratified train/test split."""
+    train, test = split(frame, test_size, random_state)
+    get_run_logger().info("split: %d train / %d test rows", len(train), len(test))
+    return train, test
+
+
+@task(name="write-processed", **IO)
+def write_outputs(lake: Lake, raw: bytes, frame: pd.DataFrame, train: pd.DataFrame,
+                  test: pd.DataFrame, settings: Settings) -> Manifest:
+    """Fit the scaler and write splits, scaler and manifest to the lake."""
+    manifest = write_processed(
+        lake,
+        raw_sha256=sha256(raw),
+        raw_rows=len(frame),
+        train=train,
+        test=test,
+        scaler=fit_scaler(train),
+        test_size=settings.test_size,
+        random_state=settings.random_state,
+    )
+    get_run_logger().info("wrote processed/ splits, artifacts/scaler.joblib and the manifest")
+    return manifest
+
+
+def run_data_prep(settings: Settings) -> Manifest:
+    """Data-prep steps as tasks, for use inside any flow."""
+    lake = Lake.from_settings(settings)
+    raw = ingest_raw(lake)
+    frame = validate_raw(raw)
+    train, test = split_data(frame, settings.test_size, settings.random_state)
+    return write_outputs(lake, raw, frame, train, test, settings)
+
+
+@flow(name="data-prep", log_prints=True)
+def data_prep_flow(test_size: float | None = None, random_state: int | None = None) -> dict:
+    """Ingest the raw CSV from the lake, validate it, split it and write the results back.
+
+    Parameters left empty take their value from the settings (SOCIALADS_TEST_SIZE, ...).
+    """
+    settings = flow_settings(test_size=test_size, random_state=random_state)
+    manifest = run_data_prep(settings)
+    return manifest.__dict__

@@ -1,0 +1,64 @@
+"""Deployments of the flows, served from one long-running process (`socialads deploy`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from prefect import serve
+from prefect.deployments.runner import EntrypointType
+
+from flows.data_prep import data_prep_flow
+from flows.pipeline import pipeline_flow
+from flows.train import train_flow
+
+if TYPE_CHECKING:
+    from prefect.deployments.runner import RunnerDeployment
+
+    from socialads.settings import Settings
+
+DEPLOYMENT_NAME = "socialads"
+TAGS = ["socialads"]
+
+
+def build_deployments(settings: Settings, cron: str | None = None) -> list[RunnerDeployment]:
+    """The three deployments, with the settings' values as default parameters."""
+    prep = {"test_size": settings.test_size, "random_state": settings.random_state}
+    training: dict[str, Any] = {
+        "selection_metric": settings.selection_metric,
+        "candidates": list(settings.candidates),
+        "cv_folds": settings.cv_folds,
+    }
+    common: dict[str, Any] = {
+        "tags": TAGS,
+        "entrypoint_type": EntrypointType.MODULE_PATH,
+        "version": _version(),
+    }
+    return [
+        pipeline_flow.to_deployment(
+            DEPLOYMENT_NAME, cron=cron, parameters=prep | training,
+            description="Data-prep then train; the champion alias moves only through the gate.",
+            **common,
+        ),
+        data_prep_flow.to_deployment(
+            DEPLOYMENT_NAME, parameters=prep,
+            description="Ingest, validate, split and scale; writes processed/ and the scaler.",
+            **common,
+        ),
+        train_flow.to_deployment(
+            DEPLOYMENT_NAME, parameters=training,
+            description="CV search of the candidates, MLflow tracking, registry and gate.",
+            **common,
+        ),
+    ]
+
+
+def _version() -> str:
+    from socialads import __version__
+
+    return __version__
+
+
+def serve_deployments(settings: Settings, cron: str | None = None) -> None:
+    """Register the deployments with the Prefect API and execute their runs until stopped."""
+    serve(*build_deployments(settings, cron), limit=2)
+

@@ -1,0 +1,27 @@
+"""The parent flow: data-prep then train, as the original project's DAG ran them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.data_prep import data_prep_flow
+from flows.train import train_flow
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline_flow(
+    test_size: float | None = None,
+    random_state: int | None = None,
+    selection_metric: str | None = None,
+    candidates: list[str] | None = None,
+    cv_folds: int | None = None,
+) -> dict[str, Any]:
+    """Run data-prep, then train, as subflows; a failed validation stops before training.
+
+    Empty parameters take their value from the settings (SOCIALADS_*).
+    """
+    manifest = data_prep_flow(test_size=test_size, random_state=random_state)
+    report = train_flow(selection_metric=selection_metric, candidates=candidates, cv_folds=cv_folds)
+    return {"data_prep": manifest, "train": report}

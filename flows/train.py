@@ -1,0 +1,81 @@
+"""The train flow: CV search of every candidate, MLflow tracking, registry and gate."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import flow_settings, retry_transient
+from socialads.data.lake import Lake
+from socialads.data.processed import read_processed
+from socialads.models.candidates import CANDIDATES
+from socialads.models.search import search_candidate
+from socialads.models.training import leaderboard_markdown, track_and_register
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from socialads.data.processed import Manifest
+    from socialads.models.search import CandidateResult
+    from socialads.models.training import TrainingReport
+    from socialads.settings import Settings
+
+
+@task(name="load-processed", retries=2, retry_delay_seconds=2,
+      retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+def load_processed(lake: Lake) -> tuple[pd.DataFrame, pd.DataFrame, Manifest]:
+    """Read the processed splits named by the data-prep manifest."""
+    return read_processed(lake)
+
+
+@task(name="search", task_run_name="search-{name}", cache_policy=NO_CACHE)
+def search(name: str, train: pd.DataFrame, test: pd.DataFrame, settings: Settings) -> CandidateResult:
+    """Grid-search one candidate with stratified k-fold CV; evaluate on the holdout."""
+    result = search_candidate(
+        CANDIDATES[name], train, test,
+        metric=settings.selection_metric, cv_folds=settings.cv_folds,
+        random_state=settings.random_state, n_jobs=settings.n_jobs,
+    )
+    get_run_logger().info(
+        "%s: cv %s %.4f, holdout f1 %.4f (%.1fs) %s", name, settings.selection_metric,
+        result.cv_score, result.holdout["f1"], result.fit_seconds, result.best_params,
+    )
+    return result
+
+
+@task(name="track-register-gate", cache_policy=NO_CACHE)
+def register(settings: Settings, results: list[CandidateResult], train: pd.DataFrame,
+             test: pd.DataFrame, manifest: Manifest) -> TrainingReport:
+    """Log runs to MLflow, register the best Pipeline and move aliases by the gate."""
+    report = track_and_register(settings, results, train, test, manifest)
+    get_run_logger().info("%s", report.decision.headline())
+    return report
+
+
+def run_training(settings: Settings) -> TrainingReport:
+    """Training steps as tasks, for use inside any flow."""
+    train, test, manifest = load_processed(Lake.from_settings(settings))
+    results = [search(name, train, test, settings) for name in settings.candidates]
+    report = register(settings, results, train, test, manifest)
+    create_markdown_artifact(
+        leaderboard_markdown(report), key="leaderboard",
+        description=f"Leaderboard and promotion decision ({report.decision.headline()})",
+    )
+    return report
+
+
+@flow(name="train", log_prints=True)
+def train_flow(
+    selection_metric: str | None = None,
+    candidates: list[str] | None = None,
+    cv_folds: int | None = None,
+) -> dict[str, Any]:
+    """Search the candidates on the processed splits, track in MLflow, register and gate.
+
+    Empty parameters take their value from the settings (SOCIALADS_SELECTION_METRIC, ...).
+    """
+    settings = flow_settings(selection_metric=selection_metric, candidates=candidates, cv_folds=cv_folds)
+    return run_training(settings).as_dict()

@@ -1,0 +1,365 @@
+"""The `socialads` command line: train, predict, serve, deploy and the lake.
+
+Every command builds the settings once (in the callback) and translates the library's
+errors into a one-line message and an exit code; ``--verbose`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+from socialads.errors import ConfigurationError, InvalidInputError, SocialAdsError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from socialads.settings import Settings
+
+ENV_HELP = """
+Settings come from the environment and a .env file in the working directory. The ones that
+matter most: SOCIALADS_HOME (embedded default's folder), SOCIALADS_LAKE_URL (file:// or
+s3://bucket), SOCIALADS_S3_ENDPOINT_URL / MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID /
+MINIO_ACCESS_KEY, AWS_SECRET_ACCESS_KEY / MINIO_SECRET_ACCESS_KEY, MLFLOW_TRACKING_URI,
+PREFECT_API_URL, SOCIALADS_MODEL_NAME. `socialads info` shows what is in effect.
+"""
+
+app = typer.Typer(
+    name="socialads",
+    help="Predict whether a social-network user buys after seeing an ad.\n" + ENV_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+lake_app = typer.Typer(help="The data lake (local folder or S3 bucket).", no_args_is_help=True)
+local_app = typer.Typer(
+    help="The local Prefect server of the embedded default.", no_args_is_help=True
+)
+app.add_typer(lake_app, name="lake")
+app.add_typer(local_app, name="local")
+
+
+@dataclass
+class State:
+    """What the callback prepares for every command."""
+
+    settings: Settings
+    verbose: bool
+
+
+def _state(ctx: typer.Context) -> State:
+    return ctx.obj  # type: ignore[no-any-return]
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def _run(state: State, action: Callable[[], Any]) -> Any:
+    """Run a command body; library errors become one line and an exit code."""
+    try:
+        return action()
+    except SocialAdsError as exc:
+        if state.verbose:
+            raise
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as exc:
+        if state.verbose:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        _fail(f"{type(exc).__name__}: {first} (run with --verbose for details)")
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show library logs and full tracebacks.")
+    ] = False,
+) -> None:
+    """Build the settings once for the command that follows."""
+    from pydantic import ValidationError
+
+    from socialads.settings import load_settings
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+    try:
+        settings = load_settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        _fail(f"invalid settings: {problems}", 2)
+    ctx.obj = State(settings=settings, verbose=verbose)
+
+
+class _OneLine(logging.Filter):
+    """Keeps Prefect's console quiet about tracebacks unless --verbose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            record.msg = str(record.getMessage()).splitlines()[0]
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_prefect_tracebacks() -> None:
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(_OneLine())
+
+
+def _start_prefect(state: State) -> str:
+    from flows.runtime import prepare_prefect
+
+    return prepare_prefect(state.settings, notify=_say)
+
+
+# -- train --------------------------------------------------------------------------------
+@app.command()
+def train(
+    ctx: typer.Context,
+    metric: Annotated[
+        str | None,
+        typer.Option(help="Selection metric: f1, accuracy, precision, recall or roc_auc. "
+                     "[env SOCIALADS_SELECTION_METRIC, default f1]"),
+    ] = None,
+    candidates: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated candidate families, e.g. knn,svm_rbf. "
+                     "[env SOCIALADS_CANDIDATES, default all six]"),
+    ] = None,
+    test_size: Annotated[
+        float | None, typer.Option(help="Holdout share. [env SOCIALADS_TEST_SIZE, default 0.2]")
+    ] = None,
+    random_state: Annotated[
+        int | None, typer.Option(help="Seed. [env SOCIALADS_RANDOM_STATE, default 42]")
+    ] = None,
+    cv_folds: Annotated[
+        int | None, typer.Option(help="Stratified CV folds. [env SOCIALADS_CV_FOLDS, default 5]")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Run the pipeline (data-prep, then train) and print the leaderboard and the decision.
+
+    The raw CSV is read from the lake (the bundled dataset is put there on first use),
+    validated, split and scaled; every candidate is searched with stratified k-fold CV,
+    tracked in MLflow, and the best one is registered. The `champion` alias moves only if
+    the new version beats the current champion on the same holdout.
+    """
+    state = _state(ctx)
+    overrides = {
+        "test_size": test_size, "random_state": random_state, "selection_metric": metric,
+        "candidates": candidates.split(",") if candidates else None, "cv_folds": cv_folds,
+    }
+
+    def body() -> dict[str, Any]:
+        from flows.common import flow_settings
+
+        flow_settings(**overrides)  # fail fast on bad options, before Prefect starts
+        started = time.perf_counter()
+        api = _start_prefect(state)
+        _say(f"Prefect API: {api}")
+        from flows.pipeline import pipeline_flow
+
+        if not state.verbose:
+            _quiet_prefect_tracebacks()
+        result = pipeline_flow(**overrides)
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        return result
+
+    try:
+        result = _run(state, body)
+    except typer.Exit:
+        raise
+    except Exception as exc:  # pydantic errors from the overrides
+        _fail(str(exc).splitlines()[0], 2)
+    report = result["train"]
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    _print_leaderboard(report)
+    decision = report["decision"]
+    typer.echo("")
+    typer.secho(_headline(decision), bold=True)
+    typer.echo(f"run {report['run_id']} in {result['seconds']} s")
+
+
+def _headline(decision: dict[str, Any]) -> str:
+    from socialads.models.registry import Decision
+
+    return Decision(**decision).headline()
+
+
+def _print_leaderboard(report: dict[str, Any]) -> None:
+    metric = report["metric"]
+    header = (f"{'#':>2} {'candidate':<20} {'cv ' + metric:>9} {'acc':>6} {'prec':>6} "
+              f"{'recall':>6} {'f1':>6} {'auc':>6}  params")
+    typer.echo(header)
+    typer.echo("-" * len(header))
+    for row in report["leaderboard"]:
+        params = ", ".join(f"{k}={v}" for k, v in row["params"].items())
+        typer.echo(
+            f"{row['rank']:>2} {row['candidate']:<20} {row[f'cv_{metric}']:>9.4f} "
+            f"{row['accuracy']:>6.3f} {row['precision']:>6.3f} {row['recall']:>6.3f} "
+            f"{row['f1']:>6.3f} {row['roc_auc']:>6.3f}  {params}"
+        )
+
+
+# -- predict ------------------------------------------------------------------------------
+@app.command()
+def predict(
+    ctx: typer.Context,
+    gender: Annotated[str, typer.Option(help="Female or Male (any letter case).")],
+    age: Annotated[float, typer.Option(help="Age in years (18 to 100).")],
+    salary: Annotated[float, typer.Option(help="Estimated yearly salary (0 to 1,000,000).")],
+) -> None:
+    """Predict with the current champion and print JSON.
+
+    Example: socialads predict --gender Female --age 45 --salary 90000
+    """
+    state = _state(ctx)
+
+    def body() -> dict[str, Any]:
+        from socialads.serving.oneoff import predict_one
+
+        return predict_one(state.settings, gender=gender, age=age, salary=salary)
+
+    typer.echo(json.dumps(_run(state, body)))
+
+
+# -- serve --------------------------------------------------------------------------------
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Bind address. [env SOCIALADS_API_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port. [env SOCIALADS_API_PORT, 8800]")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="uvicorn worker processes. [env SOCIALADS_API_WORKERS, 1]")
+    ] = None,
+    reload_interval: Annotated[
+        float | None,
+        typer.Option(help="Seconds between checks of the champion alias. "
+                     "[env SOCIALADS_RELOAD_INTERVAL, 10]"),
+    ] = None,
+) -> None:
+    """Serve the champion over HTTP (POST /predict, /docs, /health, /ready, /metrics)."""
+    state = _state(ctx)
+    updates = {
+        "api_host": host, "api_port": port, "api_workers": workers,
+        "reload_interval": reload_interval,
+    }
+    settings = state.settings.model_copy(update={k: v for k, v in updates.items() if v is not None})
+
+    def body() -> None:
+        from socialads.serving.server import run
+
+        run(settings)
+
+    _run(state, body)
+
+
+# -- deploy -------------------------------------------------------------------------------
+@app.command()
+def deploy(
+    ctx: typer.Context,
+    cron: Annotated[
+        str | None,
+        typer.Option(help="Cron schedule of the pipeline deployment. [env SOCIALADS_PIPELINE_CRON]"),
+    ] = None,
+) -> None:
+    """Register the pipeline, data-prep and train deployments and serve them until stopped.
+
+    Start runs from the Prefect UI (Deployments) or the API; this process executes them.
+    """
+    state = _state(ctx)
+
+    def body() -> None:
+        api = _start_prefect(state)
+        _say(f"Prefect API: {api}")
+        from flows.deploy import serve_deployments
+
+        serve_deployments(state.settings, cron=cron or state.settings.pipeline_cron)
+
+    _run(state, body)
+
+
+# -- lake ---------------------------------------------------------------------------------
+@lake_app.command("init")
+def lake_init(ctx: typer.Context) -> None:
+    """Create the lake (and on S3 the artifacts bucket) and upload the raw CSV if absent.
+
+    Idempotent: never overwrites a raw file that is already there.
+    """
+    state = _state(ctx)
+
+    def body() -> None:
+        from socialads.data.lake import RAW_KEY, Lake, init_lake
+
+        lake = Lake.from_settings(state.settings)
+        for line in init_lake(lake, state.settings):
+            typer.echo(line)
+        typer.echo(f"raw data: {lake.uri(RAW_KEY)}")
+
+    _run(state, body)
+
+
+# -- local Prefect server -------------------------------------------------------------------
+@local_app.command("status")
+def local_status(ctx: typer.Context) -> None:
+    """Show whether the local Prefect server runs."""
+    from flows.runtime import read_local_server
+
+    server = read_local_server(_state(ctx).settings)
+    typer.echo(f"running: {server.url} (pid {server.pid})" if server else "not running")
+
+
+@local_app.command("stop")
+def local_stop(ctx: typer.Context) -> None:
+    """Stop the local Prefect server (the next command starts it again)."""
+    from flows.runtime import stop_local_server
+
+    stopped = stop_local_server(_state(ctx).settings)
+    typer.echo("stopped" if stopped else "was not running")
+
+
+@app.command()
+def info(ctx: typer.Context) -> None:
+    """Show the settings in effect (secrets hidden)."""
+    for key, value in _state(ctx).settings.describe().items():
+        typer.echo(f"{key:>12}: {value}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except ConfigurationError as exc:  # raised outside a command body
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(exc.exit_code)
+    except InvalidInputError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(2)

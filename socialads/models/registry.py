@@ -1,0 +1,199 @@
+"""Model registry: new versions, the promotion gate and the champion alias."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from socialads.errors import NoChampionError, RegistryError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+    from sklearn.pipeline import Pipeline
+
+    from socialads.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TAG_DECISION = "promotion.decision"
+TAG_REASON = "promotion.reason"
+TAG_METRIC = "promotion.metric"
+TAG_SCORE = "promotion.score"
+TAG_CHAMPION_SCORE = "promotion.champion_score"
+TAG_PREVIOUS = "promotion.previous_champion"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Outcome of the promotion gate for one new version."""
+
+    promoted: bool
+    version: str
+    alias: str
+    metric: str
+    score: float
+    champion_version: str | None
+    champion_score: float | None
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON and Prefect artifacts."""
+        return asdict(self)
+
+    def headline(self) -> str:
+        """One line for people, e.g. ``promoted version 3 to champion: f1 0.87 > 0.82``."""
+        if self.promoted:
+            return f"promoted version {self.version} to {self.alias}: {self.reason}"
+        return (
+            f"kept champion version {self.champion_version}; "
+            f"version {self.version} is {self.alias}: {self.reason}"
+        )
+
+
+def gate(
+    score: float, champion_score: float | None, metric: str
+) -> tuple[bool, str]:
+    """Promote only a strictly better model (ties keep the champion). Returns (promote, reason)."""
+    if champion_score is None:
+        return True, f"no champion yet; {metric} {score:.4f}"
+    if score > champion_score:
+        return True, f"{metric} {score:.4f} > {champion_score:.4f}"
+    relation = "=" if score == champion_score else "<"
+    return False, f"{metric} {score:.4f} {relation} champion's {champion_score:.4f}"
+
+
+def champion_version(client: MlflowClient, settings: Settings) -> ModelVersion | None:
+    """The version behind the champion alias, or None when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(settings.model_name, settings.champion_alias)
+    except MlflowException as exc:
+        code = getattr(exc, "error_code", "")
+        if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise RegistryError(f"reading the champion from {settings.mlflow_uri} failed: {exc}") from exc
+
+
+def load_version(settings: Settings, version: str) -> Pipeline:
+    """Load a registered version's Pipeline (skops format: no arbitrary pickle)."""
+    import mlflow.sklearn
+
+    uri = f"models:/{settings.model_name}/{version}"
+    try:
+        return mlflow.sklearn.load_model(uri)
+    except Exception as exc:
+        raise RegistryError(f"loading {uri} from {settings.mlflow_uri} failed: {exc}") from exc
+
+
+def register_and_gate(
+    client: MlflowClient,
+    settings: Settings,
+    model_uri: str,
+    run_id: str,
+    score: float,
+    test: pd.DataFrame,
+) -> Decision:
+    """Register ``model_uri`` as a new version and move the aliases by the gate.
+
+    The current champion is re-scored on the same holdout ``test`` so both sides are
+    compared on equal terms. Just before the alias moves, the champion is read again: if
+    another training moved it meanwhile, the gate runs again against the new champion.
+    """
+    import mlflow
+
+    from socialads.models.search import evaluate
+
+    metric = settings.selection_metric
+    try:
+        version = mlflow.register_model(model_uri, settings.model_name).version
+    except Exception as exc:
+        raise RegistryError(f"registering the model in {settings.mlflow_uri} failed: {exc}") from exc
+    version = str(version)
+
+    scored: dict[str, float] = {}
+    for _ in range(5):
+        current = champion_version(client, settings)
+        current_v = str(current.version) if current is not None else None
+        champion_score: float | None = None
+        if current_v is not None and current_v not in scored:
+            scored[current_v] = evaluate(load_version(settings, current_v), test)[0][metric]
+        if current_v is not None:
+            champion_score = scored[current_v]
+        promote, reason = gate(score, champion_score, metric)
+        latest = champion_version(client, settings)
+        if (str(latest.version) if latest is not None else None) == current_v:
+            break
+        log.info("the champion moved while gating; gating again")
+    else:
+        raise RegistryError("the champion alias kept moving during the promotion gate")
+
+    alias = settings.champion_alias if promote else settings.challenger_alias
+    decision = Decision(promote, version, alias, metric, score, current_v, champion_score, reason)
+    tags = {
+        TAG_DECISION: "champion" if promote else "challenger",
+        TAG_REASON: reason,
+        TAG_METRIC: metric,
+        TAG_SCORE: f"{score:.6f}",
+        TAG_CHAMPION_SCORE: "" if champion_score is None else f"{champion_score:.6f}",
+        TAG_PREVIOUS: current_v or "",
+        "promotion.decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    try:
+        for key, value in tags.items():
+            client.set_model_version_tag(settings.model_name, version, key, value)
+            client.set_tag(run_id, key, value)
+        client.set_registered_model_alias(settings.model_name, alias, version)
+    except Exception as exc:
+        raise RegistryError(f"updating the registry at {settings.mlflow_uri} failed: {exc}") from exc
+    log.info("%s", decision.headline())
+    return decision
+
+
+@dataclass
+class ChampionModel:
+    """The champion as loaded for prediction."""
+
+    name: str
+    version: str
+    alias: str
+    run_id: str | None
+    pipeline: Pipeline
+    metrics: dict[str, float]
+    loaded_at: datetime
+
+
+def load_champion(settings: Settings, client: MlflowClient | None = None) -> ChampionModel:
+    """Load the Pipeline behind the champion alias with its version metadata.
+
+    Raises :class:`NoChampionError` when no champion exists yet.
+    """
+    from socialads.models.tracking import connect
+
+    client = client or connect(settings)
+    current = champion_version(client, settings)
+    if current is None:
+        raise NoChampionError(
+            f"no {settings.champion_alias!r} model of {settings.model_name!r} in "
+            f"{settings.mlflow_uri} yet; run `socialads train` first"
+        )
+    pipeline = load_version(settings, str(current.version))
+    metrics: dict[str, float] = {}
+    if current.run_id:
+        try:
+            metrics = dict(client.get_run(current.run_id).data.metrics)
+        except Exception as exc:  # metrics are informative; the model itself loaded fine
+            log.warning("could not read the metrics of run %s: %s", current.run_id, exc)
+    return ChampionModel(
+        name=settings.model_name,
+        version=str(current.version),
+        alias=settings.champion_alias,
+        run_id=current.run_id,
+        pipeline=pipeline,
+        metrics=metrics,
+        loaded_at=datetime.now(UTC),
+    )

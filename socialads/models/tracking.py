@@ -1,0 +1,209 @@
+"""MLflow tracking: one parent run per training, a nested run per candidate."""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from socialads.errors import RegistryError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from socialads.data.processed import Manifest
+    from socialads.models.search import CandidateResult
+    from socialads.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"
+# Packages a process needs to load the model artifact (skops format); listing them spares
+# MLflow ~11 s of requirement inference per logged model.
+MODEL_REQUIREMENTS = ("scikit-learn", "skops", "numpy", "pandas", "scipy")
+# scikit-learn types skops does not trust by default, reviewed for the candidate families we
+# train ourselves (trees, KNN's index). Anything else in a model fails the logging step.
+SKOPS_TRUSTED_TYPES = (
+    "sklearn.tree._tree.Tree",
+    "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.neighbors._ball_tree.BallTree",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.metrics._dist_metrics.MinkowskiDistance64",
+    "sklearn.metrics._dist_metrics.ManhattanDistance64",
+)
+
+
+def model_requirements() -> list[str]:
+    """Pinned requirements of the model artifact, from this environment."""
+    return [f"{name}=={metadata.version(name)}" for name in MODEL_REQUIREMENTS]
+
+
+def git_commit() -> str | None:
+    """The source tree's git commit, when socialads runs from a checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def connect(settings: Settings) -> MlflowClient:
+    """Point MLflow at the configured tracking server or local store and return a client."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    if settings.tracking_uri is None:
+        (settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    mlflow.set_registry_uri(settings.mlflow_uri)
+    return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+
+
+def ensure_experiment(client: MlflowClient, settings: Settings) -> str:
+    """The experiment's id, created on first use (with local artifacts for the embedded store)."""
+    experiment = client.get_experiment_by_name(settings.experiment_name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    return client.create_experiment(
+        settings.experiment_name, artifact_location=settings.mlflow_artifact_root
+    )
+
+
+def _figure_bytes(result: CandidateResult, test: pd.DataFrame) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+
+    from socialads.features.preprocessing import features_and_target
+
+    x_test, y_test = features_and_target(test)
+    images: dict[str, bytes] = {}
+    for filename, draw in (
+        ("confusion_matrix.png", ConfusionMatrixDisplay.from_estimator),
+        ("roc_curve.png", RocCurveDisplay.from_estimator),
+    ):
+        fig, ax = plt.subplots(figsize=(4, 4), dpi=80)
+        draw(result.pipeline, x_test, y_test, ax=ax)
+        ax.set_title(f"{result.name}: {filename.removesuffix('.png').replace('_', ' ')}")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", bbox_inches="tight")
+        plt.close(fig)
+        images[filename] = buffer.getvalue()
+    return images
+
+
+def log_candidate(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_run_id: str,
+    result: CandidateResult,
+    test: pd.DataFrame,
+    lineage: Manifest,
+    metric: str,
+) -> str:
+    """Record one candidate as a nested run; returns its run id."""
+    import tempfile
+
+    run = client.create_run(
+        experiment_id,
+        run_name=result.name,
+        tags={"mlflow.parentRunId": parent_run_id, "candidate": result.name},
+    )
+    run_id = run.info.run_id
+    try:
+        params = {**{f"param.{k}": v for k, v in result.best_params.items()}, "candidate": result.name}
+        metrics = {f"holdout_{k}": v for k, v in result.holdout.items()}
+        metrics |= {f"cv_{metric}": result.cv_score, f"cv_{metric}_std": result.cv_std,
+                    "fit_seconds": result.fit_seconds}
+        log_batch(client, run_id, params | lineage.as_params(), metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            for filename, data in _figure_bytes(result, test).items():
+                (Path(tmp) / filename).write_bytes(data)
+            client.log_artifacts(run_id, tmp, "plots")
+        client.set_terminated(run_id, "FINISHED")
+    except Exception:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return run_id
+
+
+def log_batch(
+    client: MlflowClient, run_id: str, params: dict[str, Any], metrics: dict[str, float]
+) -> None:
+    import time
+
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+        params=[Param(k, str(v)) for k, v in params.items()],
+    )
+
+
+def start_parent_run(
+    client: MlflowClient, experiment_id: str, lineage: Manifest, settings: Settings
+) -> str:
+    """Open the training's parent run with its lineage and configuration."""
+    tags = {"dataset_sha256": lineage.raw_sha256, "socialads.kind": "training"}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    run = client.create_run(experiment_id, run_name="training", tags=tags)
+    params = lineage.as_params() | {
+        "selection_metric": settings.selection_metric,
+        "cv_folds": settings.cv_folds,
+        "candidates": ",".join(settings.candidates),
+    }
+    log_batch(client, run.info.run_id, params, {})
+    return run.info.run_id
+
+
+def log_best_model(
+    parent_run_id: str, best: CandidateResult, train: pd.DataFrame, metric: str
+) -> str:
+    """Log the winning Pipeline (skops format, signature, input example); returns its URI."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from socialads.features.preprocessing import features_and_target
+
+    x_train, _ = features_and_target(train)
+    example = x_train.head(3)
+    signature = infer_signature(example, best.pipeline.predict(example))
+    try:
+        with mlflow.start_run(run_id=parent_run_id):
+            info = mlflow.sklearn.log_model(
+                best.pipeline,
+                name=MODEL_ARTIFACT,
+                signature=signature,
+                input_example=example,
+                pip_requirements=model_requirements(),
+                serialization_format="skops",
+                skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
+                metadata={"candidate": best.name, "selection_metric": metric},
+            )
+    except Exception as exc:
+        raise RegistryError(f"logging the model to MLflow failed: {exc}") from exc
+    return info.model_uri
+
+
+def finish_run(client: MlflowClient, run_id: str, *, failed: bool = False) -> None:
+    """Close a run as FINISHED or FAILED."""
+    client.set_terminated(run_id, "FAILED" if failed else "FINISHED")

@@ -1,0 +1,147 @@
+"""Training as the pipeline runs it: search every candidate, track, register, gate."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from socialads.models.candidates import get_candidates
+from socialads.models.search import CandidateResult, rank, search_candidate
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from socialads.data.processed import Manifest
+    from socialads.models.registry import Decision
+    from socialads.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingReport:
+    """Everything a person wants to know after a training."""
+
+    metric: str
+    leaderboard: list[dict[str, Any]]
+    best: str
+    decision: Decision
+    run_id: str
+    model_uri: str
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {
+            "metric": self.metric,
+            "best": self.best,
+            "run_id": self.run_id,
+            "model_uri": self.model_uri,
+            "decision": self.decision.as_dict(),
+            "leaderboard": self.leaderboard,
+        }
+
+
+def leaderboard_rows(results: list[CandidateResult], metric: str) -> list[dict[str, Any]]:
+    """One row per candidate, best first."""
+    return [
+        {
+            "rank": i,
+            "candidate": r.name,
+            f"cv_{metric}": round(r.cv_score, 4),
+            **{k: round(v, 4) for k, v in r.holdout.items()},
+            "params": r.best_params,
+            "seconds": round(r.fit_seconds, 2),
+        }
+        for i, r in enumerate(rank(results), start=1)
+    ]
+
+
+def leaderboard_markdown(report: TrainingReport) -> str:
+    """The leaderboard and the promotion decision as a markdown document."""
+    metric = report.metric
+    head = f"| # | candidate | cv {metric} | accuracy | precision | recall | f1 | roc auc | params |"
+    lines = [
+        "# Training leaderboard",
+        "",
+        f"Selection metric: **{metric}** (cross-validated on the training split; "
+        "holdout metrics on the test split).",
+        "",
+        head,
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report.leaderboard:
+        params = ", ".join(f"{k}={v}" for k, v in row["params"].items())
+        lines.append(
+            f"| {row['rank']} | {row['candidate']} | {row[f'cv_{metric}']:.4f} | "
+            f"{row['accuracy']:.4f} | {row['precision']:.4f} | {row['recall']:.4f} | "
+            f"{row['f1']:.4f} | {row['roc_auc']:.4f} | {params} |"
+        )
+    lines += ["", "## Promotion", "", report.decision.headline(), ""]
+    return "\n".join(lines)
+
+
+def search_all(
+    settings: Settings,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    on_result: Callable[[CandidateResult], None] | None = None,
+) -> list[CandidateResult]:
+    """Grid-search every configured candidate."""
+    results = []
+    for candidate in get_candidates(settings.candidates):
+        result = search_candidate(
+            candidate,
+            train,
+            test,
+            metric=settings.selection_metric,
+            cv_folds=settings.cv_folds,
+            random_state=settings.random_state,
+            n_jobs=settings.n_jobs,
+        )
+        results.append(result)
+        if on_result:
+            on_result(result)
+    return results
+
+
+def track_and_register(
+    settings: Settings,
+    results: list[CandidateResult],
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    lineage: Manifest,
+) -> TrainingReport:
+    """Record the training in MLflow, register the best Pipeline and apply the gate."""
+    from socialads.models import registry, tracking
+
+    metric = settings.selection_metric
+    ranked = rank(results)
+    best = ranked[0]
+    client = tracking.connect(settings)
+    experiment_id = tracking.ensure_experiment(client, settings)
+    parent = tracking.start_parent_run(client, experiment_id, lineage, settings)
+    try:
+        for result in ranked:
+            tracking.log_candidate(client, experiment_id, parent, result, test, lineage, metric)
+        summary = {f"best_holdout_{k}": v for k, v in best.holdout.items()}
+        summary[f"best_cv_{metric}"] = best.cv_score
+        tracking.log_batch(client, parent, {"best_candidate": best.name}, summary)
+        model_uri = tracking.log_best_model(parent, best, train, metric)
+        decision = registry.register_and_gate(
+            client, settings, model_uri, parent, best.score(metric), test
+        )
+    except BaseException:
+        tracking.finish_run(client, parent, failed=True)
+        raise
+    tracking.finish_run(client, parent)
+    return TrainingReport(
+        metric=metric,
+        leaderboard=leaderboard_rows(results, metric),
+        best=best.name,
+        decision=decision,
+        run_id=parent,
+        model_uri=model_uri,
+    )
