@@ -82,7 +82,11 @@ class Settings(BaseSettings):
             "SOCIALADS_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY", "MINIO_SECRET_ACCESS_KEY"
         ),
     )
-    s3_region: str = Field(default="us-east-1", validation_alias=_env("SOCIALADS_S3_REGION"))
+    s3_region: str | None = Field(
+        default=None,
+        validation_alias=_env("SOCIALADS_S3_REGION", "AWS_DEFAULT_REGION"),
+        description="S3 region; MinIO and most stand-ins need none.",
+    )
     io_retries: int = Field(
         default=3,
         ge=0,
@@ -226,7 +230,9 @@ class Settings(BaseSettings):
         if not target.startswith(("s3://", "s3a://")):
             return {}
         options: dict[str, object] = {}
-        client_kwargs: dict[str, object] = {"region_name": self.s3_region}
+        client_kwargs: dict[str, object] = {}
+        if self.s3_region:
+            client_kwargs["region_name"] = self.s3_region
         if self.s3_endpoint_url:
             client_kwargs["endpoint_url"] = self.s3_endpoint_url
         options["client_kwargs"] = client_kwargs

@@ -46,15 +46,17 @@ def sha256(data: bytes) -> str:
 
 
 def _is_transient(exc: BaseException) -> bool:
-    """Errors worth a retry: connection trouble and throttling, not credentials or missing keys."""
+    """Errors worth a retry: connection trouble, time-outs and throttling. Credentials,
+    missing keys and refused requests are final."""
     if isinstance(exc, FileNotFoundError | PermissionError):
         return False
-    text = f"{type(exc).__name__} {exc}".lower()
-    permanent = ("accessdenied", "access denied", "signaturedoesnotmatch", "invalidaccesskeyid",
-                 "forbidden", "nosuchbucket")
-    if any(marker in text for marker in permanent):
-        return False
-    return isinstance(exc, ConnectionError | TimeoutError | OSError) or "timeout" in text
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    name = type(exc).__name__.lower()
+    text = str(exc).lower()
+    return any(word in name for word in ("endpoint", "connect", "timeout")) or any(
+        word in text for word in ("slow down", "slowdown", "throttl", "service unavailable")
+    )
 
 
 class Lake:

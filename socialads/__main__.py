@@ -1,0 +1,5 @@
+"""`python -m socialads` runs the CLI."""
+
+from socialads.cli import main
+
+main()

@@ -1,0 +1,135 @@
+"""The CLI end to end on the embedded default: train, predict, keep, refuse bad data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from socialads.data.lake import MANIFEST_KEY, RAW_KEY, SCALER_KEY, TRAIN_KEY
+
+pytestmark = pytest.mark.slow
+
+CLI = [sys.executable, "-m", "socialads"]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh SOCIALADS_HOME shared by the steps of this module; its Prefect server is
+    stopped at the end."""
+    path = tmp_path_factory.mktemp("socialads-home")
+    yield path
+    run(path, "local", "stop")
+
+
+def run(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {
+        key: value for key, value in os.environ.items()
+        if not key.startswith(("SOCIALADS_", "MLFLOW_", "PREFECT_", "AWS_", "MINIO_"))
+    }
+    environment |= {
+        "SOCIALADS_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # Two quick families keep the module short; the full search runs in the benchmark.
+        "SOCIALADS_CANDIDATES": "gaussian_nb,knn",
+        **env,
+    }
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, env=environment, cwd=home, timeout=600,
+        check=False,
+    )
+
+
+def registry_state(home: Path) -> tuple[int, str]:
+    """(number of registered versions, champion version) read straight from MLflow."""
+    script = (
+        "import mlflow; from mlflow import MlflowClient;"
+        f"c = MlflowClient('sqlite:///{home}/mlflow/mlflow.db');"
+        "vs = c.search_model_versions(\"name='SocialNetworkAdsModel'\");"
+        "print(len(vs), c.get_model_version_by_alias('SocialNetworkAdsModel', 'champion').version)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    count, champion = out.stdout.split()
+    return int(count), champion
+
+
+def test_train_registers_a_champion_and_predict_answers(home: Path) -> None:
+    trained = run(home, "train")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "promoted version 1 to champion" in trained.stdout
+    for name in ("gaussian_nb", "knn"):
+        assert name in trained.stdout
+    lake = home / "lake"
+    for key in (RAW_KEY, TRAIN_KEY, SCALER_KEY, MANIFEST_KEY):
+        assert (lake / key).is_file(), key
+
+    predicted = run(home, "predict", "--gender", "Female", "--age", "45", "--salary", "90000")
+    assert predicted.returncode == 0, predicted.stderr
+    answer = json.loads(predicted.stdout)
+    assert answer["prediction"] == 1
+    assert answer["label"] == "COMPRA"
+    assert answer["model_version"] == "1"
+    assert 0.5 < answer["probability"] <= 1
+
+    low = json.loads(run(home, "predict", "--gender", " male ", "--age", "19",
+                         "--salary", "19000").stdout)
+    assert (low["prediction"], low["label"]) == (0, "NO COMPRA")
+
+
+def test_second_training_on_the_same_data_keeps_the_champion(home: Path) -> None:
+    trained = run(home, "train")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "kept champion version 1" in trained.stdout
+    assert registry_state(home) == (2, "1")
+
+
+def test_corrupted_raw_file_fails_and_changes_nothing(home: Path) -> None:
+    lake = home / "lake"
+    before_registry = registry_state(home)
+    before_outputs = {key: (lake / key).read_bytes() for key in (TRAIN_KEY, SCALER_KEY, MANIFEST_KEY)}
+    raw = (lake / RAW_KEY).read_bytes()
+    (lake / RAW_KEY).write_bytes(raw.replace(b",Male,19,", b",Male,-19,", 1))
+
+    trained = run(home, "train")
+    assert trained.returncode != 0
+    assert "Age" in trained.stderr
+    assert "line 2" in trained.stderr
+    assert "Traceback" not in trained.stderr + trained.stdout
+    assert registry_state(home) == before_registry
+    assert {key: (lake / key).read_bytes() for key in before_outputs} == before_outputs
+    (lake / RAW_KEY).write_bytes(raw)
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--gender", "robot", "--age", "45", "--salary", "90000"], "Gender"),
+        (["--gender", "Female", "--age", "-1", "--salary", "90000"], "Age"),
+        (["--gender", "Female", "--age", "45", "--salary", "lots"], "--salary"),
+    ],
+)
+def test_invalid_input_exits_2_naming_the_field(home: Path, args: list[str], field: str) -> None:
+    result = run(home, "predict", *args)
+    assert result.returncode == 2
+    assert field in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_predict_without_a_champion_says_to_train(tmp_path: Path) -> None:
+    result = run(tmp_path, "predict", "--gender", "Female", "--age", "45", "--salary", "90000")
+    assert result.returncode != 0
+    assert "socialads train" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_every_command_has_help(home: Path) -> None:
+    for command in ([], ["train"], ["predict"], ["serve"], ["deploy"], ["lake", "init"]):
+        result = run(home, *command, "--help")
+        assert result.returncode == 0, command
+        assert "Usage" in result.stdout
+    assert "SOCIALADS_HOME" in run(home, "--help").stdout
