@@ -1,0 +1,179 @@
+"""Fixtures of the integration tests: one real stack (S3, MLflow, Prefect) per test session.
+
+``stack`` (session) starts ``scripts/stack.py`` once, in a temporary dir, on a free port
+block, with databases of a unique prefix that are dropped at the end. It yields a
+:class:`StackHandle`; ``stack.env`` is what a socialads process needs (pass it to a
+subprocess as ``env=stack.subprocess_env()``). ``stack_env`` (function) applies that env to
+this process for one test, Prefect's frozen settings included. ``stack_module`` is
+scripts/stack.py itself, for tests that start a stack of their own.
+
+Knobs: ``SOCIALADS_TEST_STACK_BASE_PORT`` pins the ports; the ``SOCIALADS_STACK_*``
+variables of scripts/stack.py (timeout, PostgreSQL DSN, ...) apply as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+_MODULE_NAME = "socialads_stack_launcher"
+
+
+def load_stack_module() -> ModuleType:
+    """Import scripts/stack.py (not a package) once."""
+    if _MODULE_NAME in sys.modules:
+        return sys.modules[_MODULE_NAME]
+    spec = importlib.util.spec_from_file_location(_MODULE_NAME, ROOT / "scripts" / "stack.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[_MODULE_NAME] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclasses.dataclass
+class StackHandle:
+    """A running stack as the tests see it."""
+
+    env: dict[str, str]
+    ports: dict[str, int]
+    state_dir: Path
+    prefect_home: Path
+    databases: list[str]
+    launcher: Any = dataclasses.field(repr=False)
+
+    @property
+    def s3_port(self) -> int:
+        """Port of the S3 API."""
+        return self.ports["s3"]
+
+    @property
+    def mlflow_port(self) -> int:
+        """Port of the MLflow server."""
+        return self.ports["mlflow"]
+
+    @property
+    def prefect_port(self) -> int:
+        """Port of the Prefect server."""
+        return self.ports["prefect"]
+
+    @property
+    def s3_endpoint_url(self) -> str:
+        """The S3 endpoint."""
+        return self.env["SOCIALADS_S3_ENDPOINT_URL"]
+
+    @property
+    def mlflow_url(self) -> str:
+        """The MLflow tracking URI."""
+        return self.env["MLFLOW_TRACKING_URI"]
+
+    @property
+    def prefect_api_url(self) -> str:
+        """The Prefect API URL (ends in /api)."""
+        return self.env["PREFECT_API_URL"]
+
+    @property
+    def access_key(self) -> str:
+        """The S3 access key."""
+        return self.env["AWS_ACCESS_KEY_ID"]
+
+    @property
+    def secret_key(self) -> str:
+        """The S3 secret key."""
+        return self.env["AWS_SECRET_ACCESS_KEY"]
+
+    def subprocess_env(self) -> dict[str, str]:
+        """``os.environ`` with the stack's variables on top, for ``subprocess.run(env=...)``."""
+        return {**os.environ, **self.env}
+
+    def s3fs(self, secret: str | None = None) -> Any:
+        """An uncached s3fs filesystem on the stack (optionally with another secret)."""
+        import s3fs
+
+        return s3fs.S3FileSystem(
+            key=self.access_key,
+            secret=self.secret_key if secret is None else secret,
+            client_kwargs={"endpoint_url": self.s3_endpoint_url, "region_name": "us-east-1"},
+            config_kwargs={"retries": {"max_attempts": 1}},
+            skip_instance_cache=True,
+            use_listings_cache=False,
+        )
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[StackHandle]:
+        """Point this process at the stack: env vars, and Prefect's settings context."""
+        # Prefect freezes its settings from the environment at import time: import it
+        # before the variables change, then overlay them for the duration only.
+        import prefect.settings as ps
+
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in self.env.items():
+                mp.setenv(key, value)
+            with ps.temporary_settings(
+                updates={
+                    ps.PREFECT_API_URL: self.prefect_api_url,
+                    ps.PREFECT_HOME: self.prefect_home,
+                }
+            ):
+                yield self
+
+
+@pytest.fixture(scope="session")
+def stack_module() -> ModuleType:
+    """scripts/stack.py as a module (Stack, StackConfig, free_base_port, group_members, ...)."""
+    return load_stack_module()
+
+
+@pytest.fixture(scope="session")
+def stack(
+    stack_module: ModuleType, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StackHandle]:
+    """Start the stack once per session; stop it, drop its databases and check nothing is left."""
+    launcher_module = stack_module
+    base = os.environ.get("SOCIALADS_TEST_STACK_BASE_PORT")
+    base_port = int(base) if base else launcher_module.free_base_port()
+    state_dir = tmp_path_factory.mktemp("stack")
+    prefix = f"it_{os.getpid()}_{secrets.token_hex(3)}_"
+    cfg = launcher_module.StackConfig.from_env(
+        state_dir=state_dir, base_port=base_port, db_prefix=prefix, drop_dbs=True
+    )
+    launcher = launcher_module.Stack(cfg)
+    client_home = state_dir / "prefect-client-home"
+    client_home.mkdir()
+    env = {**launcher.up(), "PREFECT_HOME": str(client_home)}
+    handle = StackHandle(
+        env=env,
+        ports=cfg.ports.all(),
+        state_dir=state_dir,
+        prefect_home=client_home,
+        databases=[cfg.mlflow_db, cfg.prefect_db],
+        launcher=launcher,
+    )
+    pids = [rec["pid"] for rec in launcher.read_state()["services"].values()]
+    # The client side never uses the developer's ~/.prefect (profiles, ephemeral server DB).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PREFECT_HOME", str(client_home))
+        try:
+            yield handle
+        finally:
+            launcher.down()
+    left = {pid: launcher_module.group_members(pid) for pid in pids}
+    assert not any(left.values()), f"processes left behind by the stack: {left}"
+
+
+@pytest.fixture
+def stack_env(stack: StackHandle) -> Iterator[StackHandle]:
+    """The stack, with its environment applied to this process for one test."""
+    with stack.activate():
+        yield stack
