@@ -18,8 +18,12 @@ if TYPE_CHECKING:
 
     from socialads.settings import Settings
 
-IO = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": retry_transient,
-      "cache_policy": NO_CACHE}
+IO = {
+    "retries": 2,
+    "retry_delay_seconds": 2,
+    "retry_condition_fn": retry_transient,
+    "cache_policy": NO_CACHE,
+}
 
 
 @task(name="ingest-raw", **IO)
@@ -27,7 +31,9 @@ def ingest_raw(lake: Lake) -> bytes:
     """Put the bundled dataset in the lake if the raw file is missing, then read it."""
     logger = get_run_logger()
     if lake.ensure_raw():
-        logger.info("the lake had no raw file; uploaded the bundled dataset to %s", lake.uri(RAW_KEY))
+        logger.info(
+            "the lake had no raw file; uploaded the bundled dataset to %s", lake.uri(RAW_KEY)
+        )
     data = lake.read_bytes(RAW_KEY)
     logger.info("read %s (%d bytes, sha256 %s)", lake.uri(RAW_KEY), len(data), sha256(data)[:12])
     return data
@@ -42,7 +48,9 @@ def validate_raw(data: bytes) -> pd.DataFrame:
 
 
 @task(name="split", cache_policy=NO_CACHE)
-def split_data(frame: pd.DataFrame, test_size: float, random_state: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_data(
+    frame: pd.DataFrame, test_size: float, random_state: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Stratified train/test split."""
     train, test = split(frame, test_size, random_state)
     get_run_logger().info("split: %d train / %d test rows", len(train), len(test))
@@ -50,8 +58,14 @@ def split_data(frame: pd.DataFrame, test_size: float, random_state: int) -> tupl
 
 
 @task(name="write-processed", **IO)
-def write_outputs(lake: Lake, raw: bytes, frame: pd.DataFrame, train: pd.DataFrame,
-                  test: pd.DataFrame, settings: Settings) -> Manifest:
+def write_outputs(
+    lake: Lake,
+    raw: bytes,
+    frame: pd.DataFrame,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    settings: Settings,
+) -> Manifest:
     """Fit the scaler and write splits, scaler and manifest to the lake."""
     manifest = write_processed(
         lake,

@@ -35,17 +35,21 @@ def build_deployments(settings: Settings, cron: str | None = None) -> list[Runne
     }
     return [
         pipeline_flow.to_deployment(
-            DEPLOYMENT_NAME, cron=cron, parameters=prep | training,
+            DEPLOYMENT_NAME,
+            cron=cron,
+            parameters=prep | training,
             description="Data-prep then train; the champion alias moves only through the gate.",
             **common,
         ),
         data_prep_flow.to_deployment(
-            DEPLOYMENT_NAME, parameters=prep,
+            DEPLOYMENT_NAME,
+            parameters=prep,
             description="Ingest, validate, split and scale; writes processed/ and the scaler.",
             **common,
         ),
         train_flow.to_deployment(
-            DEPLOYMENT_NAME, parameters=training,
+            DEPLOYMENT_NAME,
+            parameters=training,
             description="CV search of the candidates, MLflow tracking, registry and gate.",
             **common,
         ),
@@ -61,4 +65,3 @@ def _version() -> str:
 def serve_deployments(settings: Settings, cron: str | None = None) -> None:
     """Register the deployments with the Prefect API and execute their runs until stopped."""
     serve(*build_deployments(settings, cron), limit=2)
-

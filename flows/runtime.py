@@ -134,8 +134,15 @@ def ensure_local_server(
             notify(f"starting the local Prefect server on {url} (once; log: {log_path})")
         with log_path.open("ab") as log_file:
             process = subprocess.Popen(
-                [*_prefect_executable(), "server", "start", "--host", "127.0.0.1",
-                 "--port", str(port)],
+                [
+                    *_prefect_executable(),
+                    "server",
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -24,31 +24,52 @@ if TYPE_CHECKING:
     from socialads.settings import Settings
 
 
-@task(name="load-processed", retries=2, retry_delay_seconds=2,
-      retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+@task(
+    name="load-processed",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_transient,
+    cache_policy=NO_CACHE,
+)
 def load_processed(lake: Lake) -> tuple[pd.DataFrame, pd.DataFrame, Manifest]:
     """Read the processed splits named by the data-prep manifest."""
     return read_processed(lake)
 
 
 @task(name="search", task_run_name="search-{name}", cache_policy=NO_CACHE)
-def search(name: str, train: pd.DataFrame, test: pd.DataFrame, settings: Settings) -> CandidateResult:
+def search(
+    name: str, train: pd.DataFrame, test: pd.DataFrame, settings: Settings
+) -> CandidateResult:
     """Grid-search one candidate with stratified k-fold CV; evaluate on the holdout."""
     result = search_candidate(
-        CANDIDATES[name], train, test,
-        metric=settings.selection_metric, cv_folds=settings.cv_folds,
-        random_state=settings.random_state, n_jobs=settings.n_jobs,
+        CANDIDATES[name],
+        train,
+        test,
+        metric=settings.selection_metric,
+        cv_folds=settings.cv_folds,
+        random_state=settings.random_state,
+        n_jobs=settings.n_jobs,
     )
     get_run_logger().info(
-        "%s: cv %s %.4f, holdout f1 %.4f (%.1fs) %s", name, settings.selection_metric,
-        result.cv_score, result.holdout["f1"], result.fit_seconds, result.best_params,
+        "%s: cv %s %.4f, holdout f1 %.4f (%.1fs) %s",
+        name,
+        settings.selection_metric,
+        result.cv_score,
+        result.holdout["f1"],
+        result.fit_seconds,
+        result.best_params,
     )
     return result
 
 
 @task(name="track-register-gate", cache_policy=NO_CACHE)
-def register(settings: Settings, results: list[CandidateResult], train: pd.DataFrame,
-             test: pd.DataFrame, manifest: Manifest) -> TrainingReport:
+def register(
+    settings: Settings,
+    results: list[CandidateResult],
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    manifest: Manifest,
+) -> TrainingReport:
     """Log runs to MLflow, register the best Pipeline and move aliases by the gate."""
     report = track_and_register(settings, results, train, test, manifest)
     get_run_logger().info("%s", report.decision.headline())
@@ -61,7 +82,8 @@ def run_training(settings: Settings) -> TrainingReport:
     results = [search(name, train, test, settings) for name in settings.candidates]
     report = register(settings, results, train, test, manifest)
     create_markdown_artifact(
-        leaderboard_markdown(report), key="leaderboard",
+        leaderboard_markdown(report),
+        key="leaderboard",
         description=f"Leaderboard and promotion decision ({report.decision.headline()})",
     )
     return report
@@ -77,5 +99,7 @@ def train_flow(
 
     Empty parameters take their value from the settings (SOCIALADS_SELECTION_METRIC, ...).
     """
-    settings = flow_settings(selection_metric=selection_metric, candidates=candidates, cv_folds=cv_folds)
+    settings = flow_settings(
+        selection_metric=selection_metric, candidates=candidates, cv_folds=cv_folds
+    )
     return run_training(settings).as_dict()

@@ -6,16 +6,19 @@ errors into a one-line message and an exit code; ``--verbose`` shows tracebacks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import sys
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from socialads.errors import ConfigurationError, InvalidInputError, SocialAdsError
+from socialads.errors import SocialAdsError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,6 +46,16 @@ local_app = typer.Typer(
 )
 app.add_typer(lake_app, name="lake")
 app.add_typer(local_app, name="local")
+
+
+class Metric(StrEnum):
+    """Selection metrics offered on the command line."""
+
+    f1 = "f1"
+    accuracy = "accuracy"
+    precision = "precision"
+    recall = "recall"
+    roc_auc = "roc_auc"
 
 
 @dataclass
@@ -106,12 +119,18 @@ def main_callback(
     try:
         settings = load_settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        _fail(f"invalid settings: {problems}", 2)
+        _fail(f"invalid settings: {_problems(exc)}", 2)
     ctx.obj = State(settings=settings, verbose=verbose)
+
+
+def _problems(exc: Exception) -> str:
+    """One line naming each invalid setting of a pydantic ValidationError."""
+    errors = getattr(exc, "errors", None)
+    if errors is None:
+        return str(exc).splitlines()[0]
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in errors()
+    )
 
 
 class _OneLine(logging.Filter):
@@ -143,23 +162,26 @@ def _start_prefect(state: State) -> str:
 def train(
     ctx: typer.Context,
     metric: Annotated[
-        str | None,
-        typer.Option(help="Selection metric: f1, accuracy, precision, recall or roc_auc. "
-                     "[env SOCIALADS_SELECTION_METRIC, default f1]"),
+        Metric | None,
+        typer.Option(help="Selection metric. [env SOCIALADS_SELECTION_METRIC, default f1]"),
     ] = None,
     candidates: Annotated[
         str | None,
-        typer.Option(help="Comma-separated candidate families, e.g. knn,svm_rbf. "
-                     "[env SOCIALADS_CANDIDATES, default all six]"),
+        typer.Option(
+            help="Comma-separated candidate families, e.g. knn,svm_rbf. "
+            "[env SOCIALADS_CANDIDATES, default all six]"
+        ),
     ] = None,
     test_size: Annotated[
-        float | None, typer.Option(help="Holdout share. [env SOCIALADS_TEST_SIZE, default 0.2]")
+        float | None,
+        typer.Option(min=0.05, max=0.5, help="Holdout share. [env SOCIALADS_TEST_SIZE, 0.2]"),
     ] = None,
     random_state: Annotated[
         int | None, typer.Option(help="Seed. [env SOCIALADS_RANDOM_STATE, default 42]")
     ] = None,
     cv_folds: Annotated[
-        int | None, typer.Option(help="Stratified CV folds. [env SOCIALADS_CV_FOLDS, default 5]")
+        int | None,
+        typer.Option(min=2, max=20, help="Stratified CV folds. [env SOCIALADS_CV_FOLDS, 5]"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -172,14 +194,23 @@ def train(
     """
     state = _state(ctx)
     overrides = {
-        "test_size": test_size, "random_state": random_state, "selection_metric": metric,
-        "candidates": candidates.split(",") if candidates else None, "cv_folds": cv_folds,
+        "test_size": test_size,
+        "random_state": random_state,
+        "selection_metric": metric.value if metric else None,
+        "candidates": candidates.split(",") if candidates else None,
+        "cv_folds": cv_folds,
     }
 
-    def body() -> dict[str, Any]:
-        from flows.common import flow_settings
+    from pydantic import ValidationError
 
+    from flows.common import flow_settings
+
+    try:
         flow_settings(**overrides)  # fail fast on bad options, before Prefect starts
+    except ValidationError as exc:
+        _fail(f"invalid option: {_problems(exc)}", 2)
+
+    def body() -> dict[str, Any]:
         started = time.perf_counter()
         api = _start_prefect(state)
         _say(f"Prefect API: {api}")
@@ -187,16 +218,13 @@ def train(
 
         if not state.verbose:
             _quiet_prefect_tracebacks()
-        result = pipeline_flow(**overrides)
+        # With --json, stdout carries the report only: MLflow prints run URLs to stdout.
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            result = pipeline_flow(**overrides)
         result["seconds"] = round(time.perf_counter() - started, 1)
         return result
 
-    try:
-        result = _run(state, body)
-    except typer.Exit:
-        raise
-    except Exception as exc:  # pydantic errors from the overrides
-        _fail(str(exc).splitlines()[0], 2)
+    result = _run(state, body)
     report = result["train"]
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
@@ -216,8 +244,10 @@ def _headline(decision: dict[str, Any]) -> str:
 
 def _print_leaderboard(report: dict[str, Any]) -> None:
     metric = report["metric"]
-    header = (f"{'#':>2} {'candidate':<20} {'cv ' + metric:>9} {'acc':>6} {'prec':>6} "
-              f"{'recall':>6} {'f1':>6} {'auc':>6}  params")
+    header = (
+        f"{'#':>2} {'candidate':<20} {'cv ' + metric:>9} {'acc':>6} {'prec':>6} "
+        f"{'recall':>6} {'f1':>6} {'auc':>6}  params"
+    )
     typer.echo(header)
     typer.echo("-" * len(header))
     for row in report["leaderboard"]:
@@ -256,20 +286,28 @@ def predict(
 def serve(
     ctx: typer.Context,
     host: Annotated[str | None, typer.Option(help="Bind address. [env SOCIALADS_API_HOST]")] = None,
-    port: Annotated[int | None, typer.Option(help="Port. [env SOCIALADS_API_PORT, 8800]")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port. [env SOCIALADS_API_PORT, 8800]")
+    ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="uvicorn worker processes. [env SOCIALADS_API_WORKERS, 1]")
+        int | None,
+        typer.Option(min=1, max=64, help="uvicorn workers. [env SOCIALADS_API_WORKERS, 1]"),
     ] = None,
     reload_interval: Annotated[
         float | None,
-        typer.Option(help="Seconds between checks of the champion alias. "
-                     "[env SOCIALADS_RELOAD_INTERVAL, 10]"),
+        typer.Option(
+            min=0.1,
+            help="Seconds between checks of the champion alias. "
+            "[env SOCIALADS_RELOAD_INTERVAL, 10]",
+        ),
     ] = None,
 ) -> None:
     """Serve the champion over HTTP (POST /predict, /docs, /health, /ready, /metrics)."""
     state = _state(ctx)
     updates = {
-        "api_host": host, "api_port": port, "api_workers": workers,
+        "api_host": host,
+        "api_port": port,
+        "api_workers": workers,
         "reload_interval": reload_interval,
     }
     settings = state.settings.model_copy(update={k: v for k, v in updates.items() if v is not None})
@@ -288,7 +326,9 @@ def deploy(
     ctx: typer.Context,
     cron: Annotated[
         str | None,
-        typer.Option(help="Cron schedule of the pipeline deployment. [env SOCIALADS_PIPELINE_CRON]"),
+        typer.Option(
+            help="Cron schedule of the pipeline deployment. [env SOCIALADS_PIPELINE_CRON]"
+        ),
     ] = None,
 ) -> None:
     """Register the pipeline, data-prep and train deployments and serve them until stopped.
@@ -296,13 +336,17 @@ def deploy(
     Start runs from the Prefect UI (Deployments) or the API; this process executes them.
     """
     state = _state(ctx)
+    schedule = cron or state.settings.pipeline_cron
+    # A cheap shape check before Prefect starts; Prefect validates the expression fully.
+    if schedule and not re.fullmatch(r"\s*([\w*/,?#LW-]+\s+){4}[\w*/,?#LW-]+\s*", schedule):
+        _fail(f"invalid cron schedule {schedule!r} (five fields, e.g. '0 3 * * *')", 2)
 
     def body() -> None:
         api = _start_prefect(state)
         _say(f"Prefect API: {api}")
         from flows.deploy import serve_deployments
 
-        serve_deployments(state.settings, cron=cron or state.settings.pipeline_cron)
+        serve_deployments(state.settings, cron=schedule)
 
     _run(state, body)
 
@@ -354,12 +398,26 @@ def info(ctx: typer.Context) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: usage errors become one line and exit code 2."""
+    # Typer 0.29 vendors click; its exceptions live here (typer is pinned below 0.30).
+    from typer._click import exceptions as click_errors
+
     try:
-        app()
-    except ConfigurationError as exc:  # raised outside a command body
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-        sys.exit(exc.exit_code)
-    except InvalidInputError as exc:
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        code = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx else str(exc))
         sys.exit(2)
+    except click_errors.UsageError as exc:
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        message = " ".join(exc.format_message().split())
+        typer.secho(f"error: {message}{where}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+    except click_errors.ClickException as exc:
+        typer.secho(
+            f"error: {' '.join(exc.format_message().split())}", err=True, fg=typer.colors.RED
+        )
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.secho("error: aborted", err=True, fg=typer.colors.RED)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -69,7 +69,9 @@ class Settings(BaseSettings):
     )
     s3_endpoint_url: str | None = Field(
         default=None,
-        validation_alias=_env("SOCIALADS_S3_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"),
+        validation_alias=_env(
+            "SOCIALADS_S3_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"
+        ),
         description="S3 endpoint (MinIO): http://s3:9000 in compose.",
     )
     s3_access_key: SecretStr | None = Field(
@@ -109,7 +111,9 @@ class Settings(BaseSettings):
         default="SocialNetworkAdsModel",
         validation_alias=_env("SOCIALADS_MODEL_NAME"),
     )
-    champion_alias: str = Field(default="champion", validation_alias=_env("SOCIALADS_CHAMPION_ALIAS"))
+    champion_alias: str = Field(
+        default="champion", validation_alias=_env("SOCIALADS_CHAMPION_ALIAS")
+    )
     challenger_alias: str = Field(
         default="challenger", validation_alias=_env("SOCIALADS_CHALLENGER_ALIAS")
     )

@@ -29,7 +29,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def run(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {
-        key: value for key, value in os.environ.items()
+        key: value
+        for key, value in os.environ.items()
         if not key.startswith(("SOCIALADS_", "MLFLOW_", "PREFECT_", "AWS_", "MINIO_"))
     }
     environment |= {
@@ -40,7 +41,12 @@ def run(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         **env,
     }
     return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, env=environment, cwd=home, timeout=600,
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=home,
+        timeout=600,
         check=False,
     )
 
@@ -76,8 +82,9 @@ def test_train_registers_a_champion_and_predict_answers(home: Path) -> None:
     assert answer["model_version"] == "1"
     assert 0.5 < answer["probability"] <= 1
 
-    low = json.loads(run(home, "predict", "--gender", " male ", "--age", "19",
-                         "--salary", "19000").stdout)
+    low = json.loads(
+        run(home, "predict", "--gender", " male ", "--age", "19", "--salary", "19000").stdout
+    )
     assert (low["prediction"], low["label"]) == (0, "NO COMPRA")
 
 
@@ -91,7 +98,9 @@ def test_second_training_on_the_same_data_keeps_the_champion(home: Path) -> None
 def test_corrupted_raw_file_fails_and_changes_nothing(home: Path) -> None:
     lake = home / "lake"
     before_registry = registry_state(home)
-    before_outputs = {key: (lake / key).read_bytes() for key in (TRAIN_KEY, SCALER_KEY, MANIFEST_KEY)}
+    before_outputs = {
+        key: (lake / key).read_bytes() for key in (TRAIN_KEY, SCALER_KEY, MANIFEST_KEY)
+    }
     raw = (lake / RAW_KEY).read_bytes()
     (lake / RAW_KEY).write_bytes(raw.replace(b",Male,19,", b",Male,-19,", 1))
 

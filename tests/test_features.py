@@ -24,8 +24,11 @@ def test_split_is_stratified_and_reproducible(raw_bytes: bytes) -> None:
 
 def test_preprocessor_encodes_gender_as_label_encoder_did_and_scales_numbers() -> None:
     frame = pd.DataFrame(
-        {"Gender": ["Female", "Male", "Male"], "Age": [20.0, 40.0, 60.0],
-         "EstimatedSalary": [10.0, 20.0, 30.0]}
+        {
+            "Gender": ["Female", "Male", "Male"],
+            "Age": [20.0, 40.0, 60.0],
+            "EstimatedSalary": [10.0, 20.0, 30.0],
+        }
     )
     out = build_preprocessor().fit_transform(frame)
     assert list(out[:, 0]) == [0.0, 1.0, 1.0]

@@ -30,14 +30,22 @@ def test_ensure_raw_uploads_once_and_never_overwrites(tmp_path: Path) -> None:
 
 def test_missing_key_is_a_lake_error_naming_it(tmp_path: Path) -> None:
     lake = Lake((tmp_path / "lake").as_uri())
-    with pytest.raises(LakeError, match="processed/train.csv"):
+    with pytest.raises(LakeError, match=r"processed/train\.csv"):
         lake.read_bytes(TRAIN_KEY)
 
 
 def _prepare(lake: Lake) -> None:
     train, test = split(load_and_validate(bundled_dataset()), 0.2, 42)
-    write_processed(lake, raw_sha256="x", raw_rows=400, train=train, test=test,
-                    scaler=fit_scaler(train), test_size=0.2, random_state=42)
+    write_processed(
+        lake,
+        raw_sha256="x",
+        raw_rows=400,
+        train=train,
+        test=test,
+        scaler=fit_scaler(train),
+        test_size=0.2,
+        random_state=42,
+    )
 
 
 def test_processed_outputs_round_trip(tmp_path: Path) -> None:

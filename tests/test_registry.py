@@ -32,7 +32,9 @@ def fitted(raw_bytes: bytes) -> dict[str, Any]:
     from socialads.models.search import search_candidate
 
     train, test = split(load_and_validate(raw_bytes), 0.2, 42)
-    good = search_candidate(CANDIDATES["knn"], train, test, metric="f1", cv_folds=3, random_state=42)
+    good = search_candidate(
+        CANDIDATES["knn"], train, test, metric="f1", cv_folds=3, random_state=42
+    )
     weak = search_candidate(
         CANDIDATES["logistic_regression"], train, test, metric="f1", cv_folds=3, random_state=42
     )

@@ -28,7 +28,12 @@ def test_the_bundled_dataset_is_valid(raw_bytes: bytes) -> None:
 
 def test_gender_in_any_case_and_integral_floats_are_accepted() -> None:
     frame = load_and_validate(
-        csv("1, MALE ,19,58000.0,0", "2,female,35.0,20000,1", "3,Male,26,43000,0", "4,FeMale,27,57000,1")
+        csv(
+            "1, MALE ,19,58000.0,0",
+            "2,female,35.0,20000,1",
+            "3,Male,26,43000,0",
+            "4,FeMale,27,57000,1",
+        )
     )
     assert list(frame["Gender"]) == ["Male", "Female", "Male", "Female"]
     assert frame["EstimatedSalary"].iloc[0] == 58000
@@ -45,7 +50,10 @@ def test_user_id_is_optional() -> None:
     [
         (csv(*GOOD, header="User ID,Gender,Age,Purchased"), ["missing", "EstimatedSalary"]),
         (csv(*(r + ",x" for r in GOOD), header=HEADER + ",Notes"), ["unexpected", "Notes"]),
-        (csv("1,Male,19,19000,0", "2,Robot,35,20000,1", *GOOD[2:]), ["'Gender'", "line 3", "Robot"]),
+        (
+            csv("1,Male,19,19000,0", "2,Robot,35,20000,1", *GOOD[2:]),
+            ["'Gender'", "line 3", "Robot"],
+        ),
         (csv("1,Male,nineteen,19000,0", *GOOD[1:]), ["'Age'", "not a number", "line 2"]),
         (csv("1,Male,,19000,0", *GOOD[1:]), ["'Age'", "empty", "line 2"]),
         (csv(*GOOD[:3], "4,Female,-3,57000,1"), ["'Age'", "between 18 and 100", "line 5"]),
@@ -58,9 +66,19 @@ def test_user_id_is_optional() -> None:
         (csv(*GOOD).replace(b"Female", b"F\xe9male"), ["not UTF-8"]),
     ],
     ids=[
-        "missing-column", "extra-column", "unknown-gender", "text-age", "null-age", "negative-age",
-        "negative-salary", "bad-target", "single-class", "empty-file", "header-only",
-        "wrong-delimiter", "not-utf8",
+        "missing-column",
+        "extra-column",
+        "unknown-gender",
+        "text-age",
+        "null-age",
+        "negative-age",
+        "negative-salary",
+        "bad-target",
+        "single-class",
+        "empty-file",
+        "header-only",
+        "wrong-delimiter",
+        "not-utf8",
     ],
 )
 def test_bad_files_raise_a_named_error(data: bytes, fragments: list[str]) -> None:

@@ -126,8 +126,14 @@ class Lake:
             except Exception as exc:
                 if attempt < attempts and _is_transient(exc):
                     delay = min(0.5 * 2 ** (attempt - 1), 4.0)
-                    log.warning("%s failed (%s); retry %d/%d in %.1fs",
-                                what, exc, attempt, self.retries, delay)
+                    log.warning(
+                        "%s failed (%s); retry %d/%d in %.1fs",
+                        what,
+                        exc,
+                        attempt,
+                        self.retries,
+                        delay,
+                    )
                     time.sleep(delay)
                     continue
                 raise self._translate(what, exc) from exc
@@ -213,6 +219,8 @@ def init_lake(lake: Lake, settings: Settings) -> list[str]:
         )
         done.append(f"{'created' if artifacts.ensure_root() else 'found'} {artifacts.url}")
     uploaded = lake.ensure_raw()
-    done.append(("uploaded the bundled dataset to " if uploaded else "kept the raw file at ")
-                + lake.uri(RAW_KEY))
+    done.append(
+        ("uploaded the bundled dataset to " if uploaded else "kept the raw file at ")
+        + lake.uri(RAW_KEY)
+    )
     return done

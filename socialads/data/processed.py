@@ -78,7 +78,11 @@ def write_processed(
 
     buffer = io.BytesIO()
     joblib.dump(scaler, buffer)
-    outputs = {TRAIN_KEY: frame_to_csv(train), TEST_KEY: frame_to_csv(test), SCALER_KEY: buffer.getvalue()}
+    outputs = {
+        TRAIN_KEY: frame_to_csv(train),
+        TEST_KEY: frame_to_csv(test),
+        SCALER_KEY: buffer.getvalue(),
+    }
     for key, data in outputs.items():
         lake.write_bytes(key, data)
     manifest = Manifest(
@@ -115,8 +119,10 @@ def read_processed(lake: Lake) -> tuple[pd.DataFrame, pd.DataFrame, Manifest]:
         data = lake.read_bytes(key)
         if sha256(data) != expected:
             raise DataValidationError(
-                [f"{lake.uri(key)} does not match its manifest (changed after data-prep); "
-                 "run data-prep again"]
+                [
+                    f"{lake.uri(key)} does not match its manifest (changed after data-prep); "
+                    "run data-prep again"
+                ]
             )
         frames.append(validate(pd.read_csv(io.BytesIO(data), dtype=str)))
     return frames[0], frames[1], manifest

@@ -53,16 +53,8 @@ def parse_csv(data: bytes) -> pd.DataFrame:
     return frame
 
 
-def validate(frame: pd.DataFrame, *, min_rows_per_class: int = 2) -> pd.DataFrame:
-    """Check a raw frame and return it clean: canonical Gender, numeric features, int target.
-
-    Raises :class:`DataValidationError` listing every problem found, each naming the column
-    and the first offending lines.
-    """
-    import pandas as pd
-
-    problems: list[str] = []
-    columns = list(frame.columns)
+def _check_columns(columns: list[str]) -> list[str]:
+    problems = []
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     extra = [c for c in columns if c not in ALLOWED_COLUMNS]
     duplicated = sorted({c for c in columns if columns.count(c) > 1})
@@ -72,6 +64,57 @@ def validate(frame: pd.DataFrame, *, min_rows_per_class: int = 2) -> pd.DataFram
         problems.append(f"unexpected column(s) {extra}; allowed {list(ALLOWED_COLUMNS)}")
     if duplicated:
         problems.append(f"duplicated column(s) {duplicated}")
+    return problems
+
+
+def _check_values(column: str, raw: pd.Series) -> tuple[pd.Series, list[str]]:
+    """Clean one column; returns the cleaned values (NaN where bad) and the problems."""
+    import pandas as pd
+
+    problems = []
+    nulls = raw.isna() | (raw.astype(str).str.strip() == "")
+    if nulls.any():
+        problems.append(f"column {column!r}: empty values at {_lines(raw.index[nulls])}")
+    present = raw[~nulls]
+    if column == GENDER:
+        genders = present.map(_gender_or_none)
+        bad = present.index[genders.isna()]
+        if len(bad):
+            problems.append(
+                f"column {column!r}: values not in {list(GENDERS)} (any case) at {_lines(bad)}"
+                f", e.g. {present[bad[0]]!r}"
+            )
+        return genders, problems
+    numbers = pd.to_numeric(present, errors="coerce")
+    bad = present.index[numbers.isna()]
+    if len(bad):
+        problems.append(
+            f"column {column!r}: not a number at {_lines(bad)}, e.g. {present[bad[0]]!r}"
+        )
+    valid = numbers.dropna()
+    if column in NUMERIC_FEATURES:
+        bounds = BOUNDS[column]
+        out = valid.index[~valid.map(bounds.contains)]
+        rule = bounds.describe()
+    else:
+        out = valid.index[~valid.isin(CLASSES)]
+        rule = "0 or 1"
+    if len(out):
+        problems.append(
+            f"column {column!r}: values must be {rule} at {_lines(out)}, e.g. {present[out[0]]!r}"
+        )
+    return numbers, problems
+
+
+def validate(frame: pd.DataFrame, *, min_rows_per_class: int = 2) -> pd.DataFrame:
+    """Check a raw frame and return it clean: canonical Gender, numeric features, int target.
+
+    Raises :class:`DataValidationError` listing every problem found, each naming the column
+    and the first offending lines.
+    """
+    import pandas as pd
+
+    problems = _check_columns(list(frame.columns))
     if problems:
         raise DataValidationError(problems)
     if frame.empty:
@@ -79,43 +122,8 @@ def validate(frame: pd.DataFrame, *, min_rows_per_class: int = 2) -> pd.DataFram
 
     clean = pd.DataFrame(index=frame.index)
     for column in (*FEATURES, TARGET):
-        raw = frame[column]
-        nulls = raw.isna() | (raw.astype(str).str.strip() == "")
-        if nulls.any():
-            problems.append(f"column {column!r}: empty values at {_lines(frame.index[nulls])}")
-        present = raw[~nulls]
-        if column == GENDER:
-            clean[column] = present.map(_gender_or_none)
-            bad = present.index[clean.loc[present.index, column].isna()]
-            if len(bad):
-                problems.append(
-                    f"column {column!r}: values not in {list(GENDERS)} (any case) at {_lines(bad)}"
-                    f", e.g. {present[bad[0]]!r}"
-                )
-            continue
-        numbers = pd.to_numeric(present, errors="coerce")
-        bad = present.index[numbers.isna()]
-        if len(bad):
-            problems.append(
-                f"column {column!r}: not a number at {_lines(bad)}, e.g. {present[bad[0]]!r}"
-            )
-        clean[column] = numbers
-        numbers = numbers.dropna()
-        if column in NUMERIC_FEATURES:
-            bounds = BOUNDS[column]
-            out = numbers.index[~numbers.map(bounds.contains)]
-            if len(out):
-                problems.append(
-                    f"column {column!r}: values must be {bounds.describe()} at {_lines(out)}"
-                    f", e.g. {numbers[out[0]]:g}"
-                )
-        else:
-            not_class = numbers.index[~numbers.isin(CLASSES)]
-            if len(not_class):
-                problems.append(
-                    f"column {column!r}: values must be 0 or 1 at {_lines(not_class)}"
-                    f", e.g. {present[not_class[0]]!r}"
-                )
+        clean[column], found = _check_values(column, frame[column])
+        problems += found
     if problems:
         raise DataValidationError(problems)
 

@@ -54,9 +54,7 @@ class Decision:
         )
 
 
-def gate(
-    score: float, champion_score: float | None, metric: str
-) -> tuple[bool, str]:
+def gate(score: float, champion_score: float | None, metric: str) -> tuple[bool, str]:
     """Promote only a strictly better model (ties keep the champion). Returns (promote, reason)."""
     if champion_score is None:
         return True, f"no champion yet; {metric} {score:.4f}"
@@ -76,7 +74,9 @@ def champion_version(client: MlflowClient, settings: Settings) -> ModelVersion |
         code = getattr(exc, "error_code", "")
         if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
-        raise RegistryError(f"reading the champion from {settings.mlflow_uri} failed: {exc}") from exc
+        raise RegistryError(
+            f"reading the champion from {settings.mlflow_uri} failed: {exc}"
+        ) from exc
 
 
 def load_version(settings: Settings, version: str) -> Pipeline:
@@ -112,7 +112,9 @@ def register_and_gate(
     try:
         version = mlflow.register_model(model_uri, settings.model_name).version
     except Exception as exc:
-        raise RegistryError(f"registering the model in {settings.mlflow_uri} failed: {exc}") from exc
+        raise RegistryError(
+            f"registering the model in {settings.mlflow_uri} failed: {exc}"
+        ) from exc
     version = str(version)
 
     scored: dict[str, float] = {}
@@ -149,7 +151,9 @@ def register_and_gate(
             client.set_tag(run_id, key, value)
         client.set_registered_model_alias(settings.model_name, alias, version)
     except Exception as exc:
-        raise RegistryError(f"updating the registry at {settings.mlflow_uri} failed: {exc}") from exc
+        raise RegistryError(
+            f"updating the registry at {settings.mlflow_uri} failed: {exc}"
+        ) from exc
     log.info("%s", decision.headline())
     return decision
 

@@ -126,10 +126,16 @@ def log_candidate(
     )
     run_id = run.info.run_id
     try:
-        params = {**{f"param.{k}": v for k, v in result.best_params.items()}, "candidate": result.name}
+        params = {
+            **{f"param.{k}": v for k, v in result.best_params.items()},
+            "candidate": result.name,
+        }
         metrics = {f"holdout_{k}": v for k, v in result.holdout.items()}
-        metrics |= {f"cv_{metric}": result.cv_score, f"cv_{metric}_std": result.cv_std,
-                    "fit_seconds": result.fit_seconds}
+        metrics |= {
+            f"cv_{metric}": result.cv_score,
+            f"cv_{metric}_std": result.cv_std,
+            "fit_seconds": result.fit_seconds,
+        }
         log_batch(client, run_id, params | lineage.as_params(), metrics)
         with tempfile.TemporaryDirectory() as tmp:
             for filename, data in _figure_bytes(result, test).items():

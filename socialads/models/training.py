@@ -62,7 +62,9 @@ def leaderboard_rows(results: list[CandidateResult], metric: str) -> list[dict[s
 def leaderboard_markdown(report: TrainingReport) -> str:
     """The leaderboard and the promotion decision as a markdown document."""
     metric = report.metric
-    head = f"| # | candidate | cv {metric} | accuracy | precision | recall | f1 | roc auc | params |"
+    head = (
+        f"| # | candidate | cv {metric} | accuracy | precision | recall | f1 | roc auc | params |"
+    )
     lines = [
         "# Training leaderboard",
         "",

@@ -1,0 +1,68 @@
+"""Nonsense on the command line: a one-line message and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+NONSENSE = [
+    ["frobnicate"],
+    ["--bogus"],
+    ["train", "--metric", "speed"],
+    ["train", "--test-size", "3"],
+    ["train", "--cv-folds", "1"],
+    ["train", "--candidates", "deep_net"],
+    ["train", "unexpected"],
+    ["predict"],
+    ["predict", "--gender", "Female", "--age", "old", "--salary", "1"],
+    ["predict", "--gender", "Female", "--age", "200", "--salary", "1"],
+    ["predict", "--gender", "Robot", "--age", "30", "--salary", "1"],
+    ["predict", "--gender", "Female", "--age", "30", "--salary", "-5"],
+    ["serve", "--port", "http"],
+    ["serve", "--port", "70000"],
+    ["serve", "--workers", "0"],
+    ["deploy", "--cron", "every day"],
+    ["lake", "init", "extra"],
+    ["lake", "frobnicate"],
+    ["local", "frobnicate"],
+]
+
+
+@pytest.mark.parametrize("args", NONSENSE, ids=lambda a: " ".join(a) or "none")
+def test_nonsense_gets_one_line_and_non_zero(tmp_path: Path, args: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SOCIALADS_", "MLFLOW_"))}
+    env["SOCIALADS_HOME"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "socialads", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_invalid_settings_are_named_at_start(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SOCIALADS_", "MLFLOW_"))}
+    env |= {"SOCIALADS_HOME": str(tmp_path), "SOCIALADS_TEST_SIZE": "lots"}
+    result = subprocess.run(
+        [sys.executable, "-m", "socialads", "info"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "SOCIALADS_TEST_SIZE" in result.stderr
