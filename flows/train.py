@@ -13,6 +13,7 @@ from socialads.data.lake import Lake
 from socialads.data.processed import read_processed
 from socialads.models.candidates import CANDIDATES
 from socialads.models.search import search_candidate
+from socialads.models.tracking import preload
 from socialads.models.training import leaderboard_markdown, track_and_register
 
 if TYPE_CHECKING:
@@ -78,6 +79,7 @@ def register(
 
 def run_training(settings: Settings) -> TrainingReport:
     """Training steps as tasks, for use inside any flow."""
+    preload(settings)
     train, test, manifest = load_processed(Lake.from_settings(settings))
     results = [search(name, train, test, settings) for name in settings.candidates]
     report = register(settings, results, train, test, manifest)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import subprocess
+import threading
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,32 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+def preload(settings: Settings) -> threading.Thread:
+    """Import MLflow, skops and matplotlib and open the tracking store in a background thread.
+
+    Those imports cost ~10 s on a small machine; the CV search that runs meanwhile spends most
+    of its time in scikit-learn code that releases the GIL, so the two overlap. Failures here
+    are only logged: the same calls run again, in the foreground, when they are needed.
+    """
+
+    def work() -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot
+            import mlflow.sklearn  # noqa: F401
+            import skops.io  # noqa: F401
+
+            connect(settings).get_experiment_by_name(settings.experiment_name)
+        except Exception as exc:  # an optimisation only; the foreground path reports errors
+            log.debug("background preload failed: %s", exc)
+
+    thread = threading.Thread(target=work, name="socialads-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def connect(settings: Settings) -> MlflowClient:
