@@ -30,11 +30,24 @@ def corrupted(draw: st.DrawFn) -> tuple[str, bytes]:  # noqa: PLR0911
     """A copy of the real file with one kind of corruption; returns (kind, bytes)."""
     frame = CLEAN.copy()
     rows = draw(st.lists(st.integers(0, len(frame) - 1), min_size=1, max_size=5, unique=True))
-    kind = draw(st.sampled_from([
-        "missing-column", "extra-column", "text-in-number", "null", "out-of-bounds",
-        "bad-gender", "bad-target", "empty", "header-only", "delimiter", "not-utf8",
-        "single-class",
-    ]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "missing-column",
+                "extra-column",
+                "text-in-number",
+                "null",
+                "out-of-bounds",
+                "bad-gender",
+                "bad-target",
+                "empty",
+                "header-only",
+                "delimiter",
+                "not-utf8",
+                "single-class",
+            ]
+        )
+    )
     column = draw(st.sampled_from(COLUMNS))
     if kind == "missing-column":
         return kind, to_bytes(frame.drop(columns=[column]))
@@ -52,14 +65,28 @@ def corrupted(draw: st.DrawFn) -> tuple[str, bytes]:  # noqa: PLR0911
         return kind, to_bytes(frame)
     if kind == "out-of-bounds":
         col = draw(st.sampled_from(["Age", "EstimatedSalary"]))
-        value = draw(st.one_of(st.floats(max_value=-0.01), st.floats(min_value=1e7),
-                               st.sampled_from([float("inf"), float("-inf")])))
+        value = draw(
+            st.one_of(
+                st.floats(max_value=-0.01),
+                st.floats(min_value=1e7),
+                st.sampled_from([float("inf"), float("-inf")]),
+            )
+        )
         frame.loc[rows, col] = repr(value) if col == "EstimatedSalary" else str(value - 1e3)
         return kind, to_bytes(frame)
     if kind == "bad-gender":
-        value = draw(st.text(min_size=1, max_size=8).filter(
-            lambda s: s.strip().casefold() not in ("male", "female") and s.strip() != ""
-            and "," not in s and "\n" not in s and "\r" not in s and '"' not in s))
+        value = draw(
+            st.text(min_size=1, max_size=8).filter(
+                lambda s: (
+                    s.strip().casefold() not in ("male", "female")
+                    and s.strip() != ""
+                    and "," not in s
+                    and "\n" not in s
+                    and "\r" not in s
+                    and '"' not in s
+                )
+            )
+        )
         frame.loc[rows, "Gender"] = value
         return kind, to_bytes(frame)
     if kind == "bad-target":
@@ -89,4 +116,3 @@ def test_every_corruption_is_a_named_error(case: tuple[str, bytes]) -> None:
     message = str(info.value)
     assert message.startswith("invalid data: ")
     assert len(message) < 2000, "messages name the first rows only"
-

@@ -136,15 +136,18 @@ class Lake:
                     )
                     time.sleep(delay)
                     continue
-                raise self._translate(what, exc) from exc
+                raise self._translate(what, exc, retried=attempt > 1) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _translate(self, what: str, exc: Exception) -> LakeError:
+    def _translate(self, what: str, exc: Exception, *, retried: bool = False) -> LakeError:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, FileNotFoundError):
             return LakeError(f"{what}: not found in the lake {self.where()}")
+        # A transient error the lake already retried is final for its callers: retrying it
+        # again outside (Prefect task retries) multiplies the wait on a dead endpoint.
         return LakeError(
-            f"{what} in the lake {self.where()} failed: {detail}", transient=_is_transient(exc)
+            f"{what} in the lake {self.where()} failed: {detail}",
+            transient=_is_transient(exc) and not retried,
         )
 
     # -- operations ------------------------------------------------------------------------
