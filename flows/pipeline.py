@@ -10,14 +10,15 @@ from flows.common import flow_settings
 from flows.data_prep import data_prep_flow
 from flows.train import train_flow
 from socialads.models.tracking import preload
+from socialads.settings import CandidateName, SelectionMetric
 
 
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(
     test_size: float | None = None,
     random_state: int | None = None,
-    selection_metric: str | None = None,
-    candidates: list[str] | None = None,
+    selection_metric: SelectionMetric | None = None,
+    candidates: list[CandidateName] | None = None,
     cv_folds: int | None = None,
 ) -> dict[str, Any]:
     """Run data-prep, then train, as subflows; a failed validation stops before training.

@@ -15,6 +15,7 @@ from socialads.models.candidates import CANDIDATES
 from socialads.models.search import search_candidate
 from socialads.models.tracking import preload
 from socialads.models.training import leaderboard_markdown, track_and_register
+from socialads.settings import CandidateName, SelectionMetric
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -93,8 +94,8 @@ def run_training(settings: Settings) -> TrainingReport:
 
 @flow(name="train", log_prints=True)
 def train_flow(
-    selection_metric: str | None = None,
-    candidates: list[str] | None = None,
+    selection_metric: SelectionMetric | None = None,
+    candidates: list[CandidateName] | None = None,
     cv_folds: int | None = None,
 ) -> dict[str, Any]:
     """Search the candidates on the processed splits, track in MLflow, register and gate.

@@ -9,21 +9,17 @@ project's ``.env`` names (``MINIO_ACCESS_KEY``, ``DATA_REPO_BUCKET_NAME``, ...) 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from platformdirs import user_data_path
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SelectionMetric = Literal["f1", "accuracy", "precision", "recall", "roc_auc"]
-CANDIDATE_NAMES: tuple[str, ...] = (
-    "logistic_regression",
-    "gaussian_nb",
-    "knn",
-    "svm_rbf",
-    "random_forest",
-    "gradient_boosting",
-)
+CandidateName = Literal[
+    "logistic_regression", "gaussian_nb", "knn", "svm_rbf", "random_forest", "gradient_boosting"
+]
+CANDIDATE_NAMES: tuple[str, ...] = get_args(CandidateName)
 
 
 def _env(*names: str) -> AliasChoices:

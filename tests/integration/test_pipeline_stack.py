@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import httpx
 import pytest
@@ -35,6 +35,7 @@ from socialads.data.lake import (
     bundled_dataset,
     sha256,
 )
+from socialads.settings import CANDIDATE_NAMES, SelectionMetric
 
 if TYPE_CHECKING:
     from conftest import StackHandle
@@ -524,8 +525,10 @@ def schema_view(schema: dict[str, Any]) -> dict[str, tuple[str, int]]:
     for name, prop in schema["properties"].items():
         types = [option["type"] for option in prop["anyOf"]]
         assert types[1:] == ["null"] and prop["default"] is None, (name, prop)
-        if types[0] == "array":
-            assert prop["anyOf"][0]["items"] == {"type": "string"}
+        if types[0] == "array":  # candidates: a multi-select of the known families
+            assert prop["anyOf"][0]["items"]["enum"] == list(CANDIDATE_NAMES)
+        if name == "selection_metric":  # a drop-down of the metrics
+            assert prop["anyOf"][0]["enum"] == list(get_args(SelectionMetric))
         view[name] = (types[0], prop["position"])
     return view
 
