@@ -27,16 +27,28 @@ def validate_record(gender: Any, age: Any, salary: Any) -> tuple[str, float, flo
 
 
 def predict_one(settings: Settings, *, gender: Any, age: Any, salary: Any) -> dict[str, Any]:
-    """Validate, load the champion and predict one record."""
-    from socialads.models.registry import load_champion
-    from socialads.serving.fastpath import compile_pipeline
+    """Validate, find the champion and predict one record.
+
+    The registry is asked which version is champion on every call; its compiled form comes
+    from the local cache when present, else from MLflow (and is cached for the next call).
+    """
+    from socialads.serving import cache
 
     record = validate_record(gender, age, salary)
-    champion = load_champion(settings)
-    prediction, probability = compile_pipeline(champion.pipeline).predict_one(*record)
+    version = cache.champion_version_quick(settings)
+    predictor = cache.load_cached(settings, version) if version else None
+    if predictor is None:
+        from socialads.models.registry import load_champion
+        from socialads.serving.fastpath import compile_pipeline
+
+        champion = load_champion(settings)
+        version = champion.version
+        predictor = compile_pipeline(champion.pipeline)
+        cache.store(settings, version, predictor)
+    prediction, probability = predictor.predict_one(*record)
     return {
         "prediction": prediction,
         "label": label_for(prediction),
         "probability": round(probability, 6),
-        "model_version": champion.version,
+        "model_version": str(version),
     }
