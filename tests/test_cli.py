@@ -95,6 +95,25 @@ def test_second_training_on_the_same_data_keeps_the_champion(home: Path) -> None
     assert registry_state(home) == (2, "1")
 
 
+def set_champion(home: Path, version: str) -> None:
+    script = (
+        "from mlflow import MlflowClient;"
+        f"MlflowClient('sqlite:///{home}/mlflow/mlflow.db')"
+        f".set_registered_model_alias('SocialNetworkAdsModel', 'champion', '{version}')"
+    )
+    subprocess.run([sys.executable, "-c", script], capture_output=True, check=True)
+
+
+def test_predict_follows_the_alias_not_its_cache(home: Path) -> None:
+    """predict keeps compiled champions in a local cache; moving the alias by hand (as an
+    operator could in the MLflow UI) must still change the answering version at once."""
+    args = ("predict", "--gender", "Female", "--age", "45", "--salary", "90000")
+    set_champion(home, "2")
+    assert json.loads(run(home, *args).stdout)["model_version"] == "2"
+    set_champion(home, "1")
+    assert json.loads(run(home, *args).stdout)["model_version"] == "1"
+
+
 def test_corrupted_raw_file_fails_and_changes_nothing(home: Path) -> None:
     lake = home / "lake"
     before_registry = registry_state(home)
