@@ -99,6 +99,14 @@ class Settings(BaseSettings):
         validation_alias=_env("SOCIALADS_TRACKING_URI", "MLFLOW_TRACKING_URI"),
         description="MLflow tracking server. Default: SQLite store under <home>/mlflow.",
     )
+    mlflow_http_retries: int = Field(
+        default=3,
+        ge=0,
+        le=10,
+        validation_alias=_env("SOCIALADS_MLFLOW_HTTP_RETRIES"),
+        description="Retries of each request to an MLflow server (MLflow's own default, 7 "
+        "with exponential back-off, makes a dead server take minutes to report).",
+    )
     experiment_name: str = Field(
         default="Social_Network_Ads_Experiment",
         validation_alias=_env("SOCIALADS_EXPERIMENT_NAME"),

@@ -133,6 +133,20 @@ def test_corrupted_raw_file_fails_and_changes_nothing(home: Path) -> None:
     (lake / RAW_KEY).write_bytes(raw)
 
 
+def test_tracking_server_down_fails_clearly_and_changes_nothing(home: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    before = registry_state(home)
+    trained = run(home, "train", MLFLOW_TRACKING_URI=dead, SOCIALADS_CANDIDATES="gaussian_nb")
+    assert trained.returncode != 0
+    assert f"MLflow at {dead} failed" in trained.stderr
+    assert "Traceback" not in trained.stderr + trained.stdout
+    assert registry_state(home) == before
+
+
 @pytest.mark.parametrize(
     ("args", "field"),
     [

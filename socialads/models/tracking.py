@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import subprocess
 import threading
 from importlib import metadata
@@ -92,6 +93,9 @@ def connect(settings: Settings) -> MlflowClient:
 
     if settings.tracking_uri is None:
         (settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
+    # MLflow reads its HTTP retry policy from the environment only.
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(settings.mlflow_http_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
     mlflow.set_tracking_uri(settings.mlflow_uri)
     mlflow.set_registry_uri(settings.mlflow_uri)
     return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)

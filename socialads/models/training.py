@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from socialads.errors import RegistryError, SocialAdsError
 from socialads.models.candidates import get_candidates
 from socialads.models.search import CandidateResult, rank, search_candidate
 
@@ -116,7 +118,26 @@ def track_and_register(
     test: pd.DataFrame,
     lineage: Manifest,
 ) -> TrainingReport:
-    """Record the training in MLflow, register the best Pipeline and apply the gate."""
+    """Record the training in MLflow, register the best Pipeline and apply the gate.
+
+    Failures of the tracking server surface as :class:`RegistryError` naming it.
+    """
+    try:
+        return _track_and_register(settings, results, train, test, lineage)
+    except SocialAdsError:
+        raise
+    except Exception as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RegistryError(f"MLflow at {settings.mlflow_uri} failed: {detail}") from exc
+
+
+def _track_and_register(
+    settings: Settings,
+    results: list[CandidateResult],
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    lineage: Manifest,
+) -> TrainingReport:
     from socialads.models import registry, tracking
 
     metric = settings.selection_metric
@@ -136,7 +157,8 @@ def track_and_register(
             client, settings, model_uri, parent, best.score(metric), test
         )
     except BaseException:
-        tracking.finish_run(client, parent, failed=True)
+        with contextlib.suppress(Exception):  # the server may be the thing that failed
+            tracking.finish_run(client, parent, failed=True)
         raise
     tracking.finish_run(client, parent)
     return TrainingReport(

@@ -1,0 +1,189 @@
+"""Request and response models of the API, built from the data contract in data/schema.py.
+
+The numeric bounds are pydantic constraints (checked in pydantic-core, shown as
+``minimum``/``maximum`` in OpenAPI) taken from :data:`socialads.data.schema.BOUNDS`; Gender
+goes through :func:`socialads.data.schema.normalise_gender`. Error reasons are the schema's
+own messages (see :func:`field_problems`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+
+from socialads.data.schema import (
+    AGE,
+    BOUNDS,
+    GENDER,
+    GENDERS,
+    LABELS,
+    NUMERIC_FEATURES,
+    SALARY,
+    check_number,
+    normalise_gender,
+)
+
+EXAMPLE_RECORD: dict[str, Any] = {GENDER: "Female", AGE: 45, SALARY: 90000}
+
+
+def _number(name: str, description: str, example: float) -> Any:
+    bounds = BOUNDS[name]
+    return Field(
+        alias=name,
+        title=name,
+        ge=bounds.minimum,
+        le=bounds.maximum,
+        strict=True,  # no strings, no booleans: check_number's rule
+        allow_inf_nan=False,
+        description=f"{description}, {bounds.describe()}.",
+        examples=[example],
+    )
+
+
+class PredictRequest(BaseModel):
+    """One user: Gender, Age and EstimatedSalary (other fields are ignored)."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [EXAMPLE_RECORD]})
+
+    gender: Annotated[str, BeforeValidator(normalise_gender)] = Field(
+        alias=GENDER,
+        title=GENDER,
+        description=f"One of {', '.join(GENDERS)}, in any letter case, surrounding spaces ignored.",
+        examples=["Female"],
+    )
+    age: float = _number(AGE, "Age", 45)
+    salary: float = _number(SALARY, "Estimated yearly salary", 90000)
+
+
+class PredictResponse(BaseModel):
+    """The prediction for one user."""
+
+    prediction: Literal[0, 1] = Field(description="1: buys after seeing the ad, 0: does not.")
+    label: Literal["NO COMPRA", "COMPRA"] = Field(description=f"Business label: {LABELS}.")
+    probability: float = Field(description="Probability of class 1 (COMPRA), full precision.")
+    model_version: str = Field(description="Registered version of the model that answered.")
+
+
+class BatchResult(BaseModel):
+    """The prediction for one valid row of a batch."""
+
+    index: int = Field(description="Position of the row in the request's records.")
+    prediction: Literal[0, 1]
+    label: Literal["NO COMPRA", "COMPRA"]
+    probability: float
+
+
+class FieldError(BaseModel):
+    """One invalid field."""
+
+    field: str = Field(description="The field (or `body`/`record` for the whole object).")
+    reason: str
+
+
+class RowError(FieldError):
+    """One invalid field of one row of a batch."""
+
+    index: int
+
+
+class BatchResponse(BaseModel):
+    """Predictions for the valid rows and the problems of the invalid ones."""
+
+    model_version: str
+    count: int = Field(description="Rows received.")
+    results: list[BatchResult]
+    errors: list[RowError] = Field(description="Every problem of every invalid row.")
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx body: a stable code, a sentence, and for invalid input the fields."""
+
+    error: str = Field(examples=["invalid_input"])
+    detail: str = Field(examples=["Age: must be between 18 and 100 years, got 150"])
+    field: str | None = Field(default=None, description="The first invalid field.")
+    reason: str | None = Field(default=None, description="Why that field is invalid.")
+    errors: list[FieldError] | None = None
+
+
+class ModelInfo(BaseModel):
+    """The model being served."""
+
+    name: str
+    version: str
+    alias: str
+    run_id: str | None
+    metrics: dict[str, float]
+    loaded_at: str = Field(description="UTC time the version was loaded, ISO 8601.")
+    family: str = Field(description="Compiled fast-path family, or `generic` (pipeline fallback).")
+    fast_path: bool
+    fallback_reason: str | None = None
+
+
+class ReloadResponse(BaseModel):
+    """Outcome of POST /admin/reload."""
+
+    reloaded: bool
+    version: str
+    previous_version: str | None
+    detail: str
+
+
+class BatchRequest(BaseModel):
+    """A batch of records; each is validated on its own."""
+
+    records: list[Any]
+
+
+def batch_request_model(max_records: int) -> type[BatchRequest]:
+    """The batch body with this service's limit in its documentation.
+
+    Rows are typed ``Any`` on purpose: an invalid row must not reject the whole batch.
+    """
+    records = Field(
+        description=f"Up to {max_records} records shaped like PredictRequest; invalid rows "
+        "are reported in `errors`, the valid ones still get predictions.",
+        json_schema_extra={
+            "items": {"$ref": "#/components/schemas/PredictRequest"},
+            "maxItems": max_records,
+        },
+    )
+    return create_model(
+        "BatchRequest",
+        __base__=BatchRequest,
+        __doc__=BatchRequest.__doc__,
+        records=(list[Any], records),
+    )
+
+
+def _reason(field: str, error: Mapping[str, Any]) -> str:
+    kind = error.get("type", "")
+    if kind == "missing":
+        return "is required"
+    if field in NUMERIC_FEATURES:
+        try:
+            check_number(field, error.get("input"))
+        except (ValueError, OverflowError) as exc:  # the schema's wording, bounds included
+            return str(exc)
+    if kind == "value_error" and "error" in error.get("ctx", {}):
+        return str(error["ctx"]["error"])
+    if kind in ("model_attributes_type", "model_type", "dict_type"):
+        return "must be a JSON object with Gender, Age and EstimatedSalary"
+    return str(error.get("msg", "is invalid"))
+
+
+def field_problems(
+    errors: Iterable[Mapping[str, Any]], *, skip: int = 0, whole: str = "body"
+) -> list[FieldError]:
+    """Translate pydantic errors into (field, reason) pairs, one per problem.
+
+    ``skip`` drops leading ``loc`` parts (FastAPI's ``"body"``); an error about the whole
+    object is named ``whole``.
+    """
+    problems: list[FieldError] = []
+    for error in errors:
+        loc = tuple(error.get("loc", ()))[skip:]
+        field = ".".join(str(part) for part in loc) if loc else whole
+        problems.append(FieldError(field=field, reason=_reason(field, error)))
+    return problems
