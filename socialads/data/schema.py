@@ -42,7 +42,11 @@ class Bounds:
     def describe(self) -> str:
         """Human text of the range, e.g. ``between 18 and 100 years``."""
         unit = f" {self.unit}" if self.unit else ""
-        return f"between {self.minimum:g} and {self.maximum:g}{unit}"
+        return f"between {_number(self.minimum)} and {_number(self.maximum)}{unit}"
+
+
+def _number(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:,}"
 
 
 BOUNDS: dict[str, Bounds] = {
