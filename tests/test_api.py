@@ -31,7 +31,7 @@ with warnings.catch_warnings():
 ATOL = 1e-9
 BUYER = {"Gender": "Female", "Age": 45, "EstimatedSalary": 90000}
 NON_BUYER = {"Gender": "Male", "Age": 19, "EstimatedSalary": 19000}
-API_KEY = "k3y-for-tests-only"
+API_KEY = "k3y-for-tests-only"  # pragma: allowlist secret
 MAX_RECORDS = 5
 MAX_BODY = 2048
 

@@ -15,7 +15,8 @@ from socialads.features.preprocessing import fit_scaler, split
 
 def test_bundled_dataset_is_the_published_file() -> None:
     data = bundled_dataset()
-    published = "4ca55deb56597deb411ec68cb0d0c571" "8ff8600a55219b5fd8c507b49c2e1559"
+    # pragma: allowlist nextline secret (the dataset's published hash)
+    published = "4ca55deb56597deb411ec68cb0d0c5718ff8600a55219b5fd8c507b49c2e1559"
     assert sha256(data) == published
     assert b"\r\n" in data
 

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-API_KEY_HEADER = "X-API-Key"
+API_KEY_HEADER = "X-API-Key"  # pragma: allowlist secret (a header name)
 JSON = "application/json"
 _HEALTHY = b'{"status":"ok"}'
 _JSON_TYPE = (b"content-type", JSON.encode())
