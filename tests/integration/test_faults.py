@@ -1,13 +1,19 @@
-"""Faults against the real stack: concurrent trainings share one registry consistently."""
+"""Faults against real servers: concurrent trainings, a Prefect server restart."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -67,3 +73,103 @@ def test_two_trainings_at_once_leave_one_consistent_champion(stack: Any, tmp_pat
     aliases = client.get_registered_model(model).aliases
     assert aliases.get("champion") == champion
     assert aliases.get("challenger") in (None, other)
+
+
+def _prefect_server(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SOCIALADS_"))}
+    env |= {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+    }
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("prefect")),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            result = predicate()
+            if result:
+                return result
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_deploy_survives_a_prefect_server_restart(tmp_path: Path) -> None:
+    """`socialads deploy` keeps serving across a restart of the Prefect server: its
+    deployments are Ready again and a run started afterwards completes."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    api = f"http://127.0.0.1:{port}/api"
+    server = _prefect_server(tmp_path / "prefect", port, tmp_path / "server.log")
+    deploy = None
+    try:
+        _wait(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 180, "Prefect")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SOCIALADS_"))}
+        env |= {
+            "PREFECT_API_URL": api,
+            "SOCIALADS_HOME": str(tmp_path / "home"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+        with (tmp_path / "deploy.log").open("wb") as out:
+            deploy = subprocess.Popen(
+                [*CLI, "deploy"],
+                env=env,
+                cwd=tmp_path,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        def deployments() -> dict[str, str]:
+            found = httpx.post(f"{api}/deployments/filter", json={}, timeout=5).json()
+            names = {
+                f["id"]: f["name"]
+                for f in httpx.post(f"{api}/flows/filter", json={}, timeout=5).json()
+            }
+            ready = {names[d["flow_id"]]: d["id"] for d in found if d["status"] == "READY"}
+            return ready if len(ready) == 3 else {}
+
+        _wait(deployments, 180, "three Ready deployments")
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+        time.sleep(5)
+        assert deploy.poll() is None, "deploy exited when the server went away"
+
+        server = _prefect_server(tmp_path / "prefect", port, tmp_path / "server.log")
+        _wait(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 180, "restart")
+        ids = _wait(deployments, 180, "deployments Ready again after the restart")
+        run = httpx.post(
+            f"{api}/deployments/{ids['data-prep']}/create_flow_run", json={}, timeout=10
+        ).json()
+
+        def finished() -> str | None:
+            state = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=5).json()["state"]["type"]
+            return state if state in ("COMPLETED", "FAILED", "CRASHED") else None
+
+        assert _wait(finished, 300, "the flow run") == "COMPLETED"
+    finally:
+        for process in (deploy, server):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
