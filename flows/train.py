@@ -11,10 +11,8 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import flow_settings, retry_transient
 from socialads.data.lake import Lake
 from socialads.data.processed import read_processed
-from socialads.models.candidates import CANDIDATES
-from socialads.models.search import search_candidate
 from socialads.models.tracking import preload
-from socialads.models.training import leaderboard_markdown, track_and_register
+from socialads.models.training import leaderboard_markdown, search_named, track_and_register
 from socialads.settings import CandidateName, SelectionMetric
 
 if TYPE_CHECKING:
@@ -43,15 +41,7 @@ def search(
     name: str, train: pd.DataFrame, test: pd.DataFrame, settings: Settings
 ) -> CandidateResult:
     """Grid-search one candidate with stratified k-fold CV; evaluate on the holdout."""
-    result = search_candidate(
-        CANDIDATES[name],
-        train,
-        test,
-        metric=settings.selection_metric,
-        cv_folds=settings.cv_folds,
-        random_state=settings.random_state,
-        n_jobs=settings.n_jobs,
-    )
+    result = search_named(settings, name, train, test)
     get_run_logger().info(
         "%s: cv %s %.4f, holdout f1 %.4f (%.1fs) %s",
         name,

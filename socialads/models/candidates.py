@@ -83,7 +83,3 @@ CANDIDATES: dict[str, Candidate] = {
     )
 }
 
-
-def get_candidates(names: list[str]) -> list[Candidate]:
-    """The candidates named in settings, in the given order."""
-    return [CANDIDATES[name] for name in names]

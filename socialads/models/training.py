@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from socialads.errors import RegistryError, SocialAdsError
-from socialads.models.candidates import get_candidates
+from socialads.models.candidates import CANDIDATES
 from socialads.models.search import CandidateResult, rank, search_candidate
 
 if TYPE_CHECKING:
@@ -87,6 +87,21 @@ def leaderboard_markdown(report: TrainingReport) -> str:
     return "\n".join(lines)
 
 
+def search_named(
+    settings: Settings, name: str, train: pd.DataFrame, test: pd.DataFrame
+) -> CandidateResult:
+    """Grid-search the candidate family ``name`` with the settings' metric, folds and seed."""
+    return search_candidate(
+        CANDIDATES[name],
+        train,
+        test,
+        metric=settings.selection_metric,
+        cv_folds=settings.cv_folds,
+        random_state=settings.random_state,
+        n_jobs=settings.n_jobs,
+    )
+
+
 def search_all(
     settings: Settings,
     train: pd.DataFrame,
@@ -95,16 +110,8 @@ def search_all(
 ) -> list[CandidateResult]:
     """Grid-search every configured candidate."""
     results = []
-    for candidate in get_candidates(settings.candidates):
-        result = search_candidate(
-            candidate,
-            train,
-            test,
-            metric=settings.selection_metric,
-            cv_folds=settings.cv_folds,
-            random_state=settings.random_state,
-            n_jobs=settings.n_jobs,
-        )
+    for name in settings.candidates:
+        result = search_named(settings, name, train, test)
         results.append(result)
         if on_result:
             on_result(result)
