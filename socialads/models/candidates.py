@@ -82,4 +82,3 @@ CANDIDATES: dict[str, Candidate] = {
         ),
     )
 }
-

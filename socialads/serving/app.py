@@ -441,6 +441,7 @@ def _add_admin_routes(app: FastAPI, store: ModelStore, guard: list[Any]) -> None
         response_model=ReloadResponse,
         dependencies=guard,
         responses={
+            **_BAD_INPUT,
             **_unauthorized(guard),
             500: {"model": ErrorResponse, "description": "The load failed unexpectedly"},
             502: {"model": ErrorResponse, "description": "The registry failed; nothing changed"},

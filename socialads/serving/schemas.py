@@ -26,6 +26,11 @@ from socialads.data.schema import (
 )
 
 EXAMPLE_RECORD: dict[str, Any] = {GENDER: "Female", AGE: 45, SALARY: 90000}
+# Gender's accepted values for OpenAPI clients and generators (JSON Schema regexes have no
+# case-insensitive flag); normalise_gender stays the validator.
+_GENDER_PATTERN = (
+    "^\\s*(" + "|".join("".join(f"[{c.upper()}{c.lower()}]" for c in g) for g in GENDERS) + ")\\s*$"
+)
 
 
 def _number(name: str, description: str, example: float) -> Any:
@@ -52,6 +57,7 @@ class PredictRequest(BaseModel):
         title=GENDER,
         description=f"One of {', '.join(GENDERS)}, in any letter case, surrounding spaces ignored.",
         examples=["Female"],
+        json_schema_extra={"pattern": _GENDER_PATTERN},
     )
     age: float = _number(AGE, "Age", 45)
     salary: float = _number(SALARY, "Estimated yearly salary", 90000)
