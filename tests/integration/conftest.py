@@ -126,7 +126,16 @@ class StackHandle:
                     ps.PREFECT_HOME: self.prefect_home,
                 }
             ):
-                yield self
+                # Another test in this process may have set MLflow's URI explicitly (which
+                # beats the environment); point it at the stack and restore it afterwards.
+                import mlflow
+
+                previous = mlflow.get_tracking_uri()
+                mlflow.set_tracking_uri(self.mlflow_url)
+                try:
+                    yield self
+                finally:
+                    mlflow.set_tracking_uri(previous)
 
 
 @pytest.fixture(scope="session")
