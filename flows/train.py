@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
@@ -63,9 +65,25 @@ def register(
     manifest: Manifest,
 ) -> TrainingReport:
     """Log runs to MLflow, register the best Pipeline and move aliases by the gate."""
-    report = track_and_register(settings, results, train, test, manifest)
+    report = track_and_register(settings, results, train, test, manifest, registry_lock)
     get_run_logger().info("%s", report.decision.headline())
     return report
+
+
+REGISTRY_LOCK = "socialads-registry"
+
+
+@contextmanager
+def registry_lock() -> Iterator[None]:
+    """One promotion gate at a time across every process talking to this Prefect API
+    (a global concurrency limit of one slot, created on first use)."""
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(REGISTRY_LOCK, 1)
+    with concurrency(REGISTRY_LOCK, occupy=1, timeout_seconds=600, strict=True):
+        yield
 
 
 def run_training(settings: Settings) -> TrainingReport:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -97,18 +99,17 @@ def register_and_gate(
     run_id: str,
     score: float,
     test: pd.DataFrame,
+    lock: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> Decision:
     """Register ``model_uri`` as a new version and move the aliases by the gate.
 
     The current champion is re-scored on the same holdout ``test`` so both sides are
-    compared on equal terms. Just before the alias moves, the champion is read again: if
-    another training moved it meanwhile, the gate runs again against the new champion.
+    compared on equal terms. ``lock`` serialises gates across processes (the flows pass a
+    Prefect global concurrency limit); without one, the champion is read again just before
+    the alias moves and the gate runs again if another training moved it meanwhile.
     """
     import mlflow
 
-    from socialads.models.search import evaluate
-
-    metric = settings.selection_metric
     try:
         version = mlflow.register_model(model_uri, settings.model_name).version
     except Exception as exc:
@@ -117,6 +118,23 @@ def register_and_gate(
         ) from exc
     version = str(version)
 
+    with lock():
+        decision = _gate_and_move(client, settings, version, run_id, score, test)
+    log.info("%s", decision.headline())
+    return decision
+
+
+def _gate_and_move(
+    client: MlflowClient,
+    settings: Settings,
+    version: str,
+    run_id: str,
+    score: float,
+    test: pd.DataFrame,
+) -> Decision:
+    from socialads.models.search import evaluate
+
+    metric = settings.selection_metric
     scored: dict[str, float] = {}
     for _ in range(5):
         current = champion_version(client, settings)
@@ -146,15 +164,15 @@ def register_and_gate(
         "promotion.decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     try:
+        # The alias first: the window between the re-check above and the move stays short.
+        client.set_registered_model_alias(settings.model_name, alias, version)
         for key, value in tags.items():
             client.set_model_version_tag(settings.model_name, version, key, value)
             client.set_tag(run_id, key, value)
-        client.set_registered_model_alias(settings.model_name, alias, version)
     except Exception as exc:
         raise RegistryError(
             f"updating the registry at {settings.mlflow_uri} failed: {exc}"
         ) from exc
-    log.info("%s", decision.headline())
     return decision
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -124,13 +125,15 @@ def track_and_register(
     train: pd.DataFrame,
     test: pd.DataFrame,
     lineage: Manifest,
+    gate_lock: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> TrainingReport:
-    """Record the training in MLflow, register the best Pipeline and apply the gate.
+    """Record the training in MLflow, register the best Pipeline and apply the gate
+    (under ``gate_lock``, which serialises promotions across processes).
 
     Failures of the tracking server surface as :class:`RegistryError` naming it.
     """
     try:
-        return _track_and_register(settings, results, train, test, lineage)
+        return _track_and_register(settings, results, train, test, lineage, gate_lock)
     except SocialAdsError:
         raise
     except Exception as exc:
@@ -144,6 +147,7 @@ def _track_and_register(
     train: pd.DataFrame,
     test: pd.DataFrame,
     lineage: Manifest,
+    gate_lock: Callable[[], AbstractContextManager[object]],
 ) -> TrainingReport:
     from socialads.models import registry, tracking
 
@@ -161,7 +165,7 @@ def _track_and_register(
         tracking.log_batch(client, parent, {"best_candidate": best.name}, summary)
         model_uri = tracking.log_best_model(parent, best, train, metric)
         decision = registry.register_and_gate(
-            client, settings, model_uri, parent, best.score(metric), test
+            client, settings, model_uri, parent, best.score(metric), test, gate_lock
         )
     except BaseException:
         with contextlib.suppress(Exception):  # the server may be the thing that failed
