@@ -27,12 +27,31 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     run(path, "local", "stop")
 
 
-def run(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {
+def clean_env() -> dict[str, str]:
+    """This process's environment without anything that points at other services."""
+    return {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("SOCIALADS_", "MLFLOW_", "PREFECT_", "AWS_", "MINIO_"))
     }
+
+
+def python(script: str) -> str:
+    """Run a Python snippet in a clean environment; its stdout (stderr shown on failure)."""
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def run(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = clean_env()
     environment |= {
         "SOCIALADS_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -53,14 +72,13 @@ def run(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 def registry_state(home: Path) -> tuple[int, str]:
     """(number of registered versions, champion version) read straight from MLflow."""
-    script = (
-        "import mlflow; from mlflow import MlflowClient;"
-        f"c = MlflowClient('sqlite:///{home}/mlflow/mlflow.db');"
+    uri = f"sqlite:///{home}/mlflow/mlflow.db"
+    count, champion = python(
+        "from mlflow import MlflowClient;"
+        f"c = MlflowClient(tracking_uri='{uri}', registry_uri='{uri}');"
         "vs = c.search_model_versions(\"name='SocialNetworkAdsModel'\");"
         "print(len(vs), c.get_model_version_by_alias('SocialNetworkAdsModel', 'champion').version)"
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    count, champion = out.stdout.split()
+    ).split()
     return int(count), champion
 
 
@@ -96,12 +114,12 @@ def test_second_training_on_the_same_data_keeps_the_champion(home: Path) -> None
 
 
 def set_champion(home: Path, version: str) -> None:
-    script = (
+    uri = f"sqlite:///{home}/mlflow/mlflow.db"
+    python(
         "from mlflow import MlflowClient;"
-        f"MlflowClient('sqlite:///{home}/mlflow/mlflow.db')"
+        f"MlflowClient(tracking_uri='{uri}', registry_uri='{uri}')"
         f".set_registered_model_alias('SocialNetworkAdsModel', 'champion', '{version}')"
     )
-    subprocess.run([sys.executable, "-c", script], capture_output=True, check=True)
 
 
 def test_predict_follows_the_alias_not_its_cache(home: Path) -> None:
