@@ -68,7 +68,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
@@ -133,6 +133,15 @@ class Ports:
     def all(self) -> dict[str, int]:
         """Name → port of every listening port, the derived admin gRPC one included."""
         return {**dataclasses.asdict(self), "weed_admin_grpc": self.weed_admin_grpc}
+
+    def of(self, services: Iterable[str]) -> dict[str, int]:
+        """Name → port of the ports ``services`` listen on (S3 owns every SeaweedFS port)."""
+        chosen = set(services)
+        return {
+            name: port
+            for name, port in self.all().items()
+            if ("s3" if name not in {"mlflow", "prefect"} else name) in chosen
+        }
 
 
 def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
@@ -679,11 +688,12 @@ class Stack:
                 return self.env
             raise StackError(f"a stack from {self.state_path} is half running: run `down` first")
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        busy = {n: p for n, p in cfg.ports.all().items() if not port_free(cfg.host, p)}
+        wanted = cfg.ports.of(services)
+        busy = {n: p for n, p in wanted.items() if not port_free(cfg.host, p)}
         if busy:
             raise StackError(f"ports already in use: {busy}; choose another --base-port")
         ephemeral = ephemeral_ports()
-        risky = {n: p for n, p in cfg.ports.all().items() if p in ephemeral}
+        risky = {n: p for n, p in wanted.items() if p in ephemeral}
         if risky:
             self._say(f"warning: ports in the ephemeral range {ephemeral}: {risky}")
         started = time.monotonic()
