@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from toolenv import environ_without_tools
 
 from socialads.data.lake import MANIFEST_KEY, RAW_KEY, SCALER_KEY, TRAIN_KEY
 
@@ -27,22 +27,13 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     run(path, "local", "stop")
 
 
-def clean_env() -> dict[str, str]:
-    """This process's environment without anything that points at other services."""
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("SOCIALADS_", "MLFLOW_", "PREFECT_", "AWS_", "MINIO_"))
-    }
-
-
 def python(script: str) -> str:
     """Run a Python snippet in a clean environment; its stdout (stderr shown on failure)."""
     out = subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
         text=True,
-        env=clean_env(),
+        env=environ_without_tools(),
         timeout=300,
         check=False,
     )
@@ -51,7 +42,7 @@ def python(script: str) -> str:
 
 
 def run(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = clean_env()
+    environment = environ_without_tools()
     environment |= {
         "SOCIALADS_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from toolenv import environ_without_tools
 
 NONSENSE = [
     ["frobnicate"],
@@ -34,7 +34,7 @@ NONSENSE = [
 
 @pytest.mark.parametrize("args", NONSENSE, ids=lambda a: " ".join(a) or "none")
 def test_nonsense_gets_one_line_and_non_zero(tmp_path: Path, args: list[str]) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SOCIALADS_", "MLFLOW_"))}
+    env = environ_without_tools()
     env["SOCIALADS_HOME"] = str(tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "socialads", *args],
@@ -53,7 +53,7 @@ def test_nonsense_gets_one_line_and_non_zero(tmp_path: Path, args: list[str]) ->
 
 
 def test_invalid_settings_are_named_at_start(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SOCIALADS_", "MLFLOW_"))}
+    env = environ_without_tools()
     env |= {"SOCIALADS_HOME": str(tmp_path), "SOCIALADS_TEST_SIZE": "lots"}
     result = subprocess.run(
         [sys.executable, "-m", "socialads", "info"],

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from toolenv import environ_without_tools
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -76,7 +77,7 @@ def test_two_trainings_at_once_leave_one_consistent_champion(stack: Any, tmp_pat
 
 
 def _prefect_server(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SOCIALADS_"))}
+    env = environ_without_tools()
     env |= {
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -122,7 +123,7 @@ def test_deploy_survives_a_prefect_server_restart(tmp_path: Path) -> None:
     deploy = None
     try:
         _wait(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 180, "Prefect")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SOCIALADS_"))}
+        env = environ_without_tools()
         env |= {
             "PREFECT_API_URL": api,
             "SOCIALADS_HOME": str(tmp_path / "home"),

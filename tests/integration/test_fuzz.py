@@ -30,11 +30,11 @@ from test_serve import (  # the registry fixtures and server helpers of the serv
     Registry,
     Server,
     champion_versions,
-    clean_environment,
     free_port,
     registry,
     serve_command,
 )
+from toolenv import environ_without_tools
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,7 @@ def fuzz_server(
     registry.set_champion(MODEL, champion_versions["logistic_regression"])
     workdir = tmp_path_factory.mktemp("fuzz-serve")
     port = free_port()
-    env = clean_environment() | {
+    env = environ_without_tools() | {
         "SOCIALADS_HOME": str(registry.home),
         "SOCIALADS_MODEL_NAME": MODEL,
         "SOCIALADS_RELOAD_INTERVAL": "5",

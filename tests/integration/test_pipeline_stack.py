@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, get_args
 
 import httpx
 import pytest
+from toolenv import environ_without_tools
 
 from socialads.data.lake import (
     MANIFEST_KEY,
@@ -50,8 +51,6 @@ EXPERIMENT = "Social_Network_Ads_Experiment"
 DATA_BUCKET = "data"
 ARTIFACTS_BUCKET = "mlflow"
 DEPLOYMENTS = ("pipeline/socialads", "data-prep/socialads", "train/socialads")
-# Variables that must not leak from the developer's shell into the CLI processes.
-TOOL_PREFIXES = ("SOCIALADS_", "MLFLOW_", "PREFECT_", "AWS_", "MINIO_", "DATA_REPO_")
 S3_CLIENT_VARS = (
     "SOCIALADS_S3_ENDPOINT_URL",
     "MLFLOW_S3_ENDPOINT_URL",
@@ -159,16 +158,15 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cli_env(stack: StackHandle, home: Path) -> dict[str, str]:
     """The stack's client environment, this module's home and the two quick candidates."""
-    env = {
-        k: v
-        for k, v in stack.subprocess_env().items()
-        if not k.startswith(TOOL_PREFIXES) or k in stack.env
-    }
-    return env | {
-        "SOCIALADS_HOME": str(home),
-        "SOCIALADS_CANDIDATES": ",".join(CANDIDATES),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
+    return (
+        environ_without_tools()
+        | stack.env
+        | {
+            "SOCIALADS_HOME": str(home),
+            "SOCIALADS_CANDIDATES": ",".join(CANDIDATES),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+    )
 
 
 @pytest.fixture(scope="module")

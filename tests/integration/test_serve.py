@@ -9,7 +9,6 @@ workers sharing one /metrics.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from toolenv import environ_without_tools
 
 pytestmark = pytest.mark.integration
 
@@ -101,12 +101,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def clean_environment() -> dict[str, str]:
-    """This process's environment without anything that points socialads elsewhere."""
-    prefixes = ("SOCIALADS_", "MLFLOW_", "AWS_", "MINIO_", "DATA_REPO_", "PROMETHEUS_")
-    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-
-
 def serve_command() -> list[str]:
     script = Path(sys.executable).with_name("socialads")
     if script.exists():
@@ -154,7 +148,7 @@ def start_server(registry: Registry, tmp_path: Path) -> Iterator[Any]:
 
     def start(*options: str, **variables: str) -> Server:
         port = free_port()
-        env = clean_environment() | {
+        env = environ_without_tools() | {
             "SOCIALADS_HOME": str(registry.home),
             "SOCIALADS_MODEL_NAME": MODEL,
             "SOCIALADS_RELOAD_INTERVAL": "1",
