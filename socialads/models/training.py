@@ -6,7 +6,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from socialads.errors import RegistryError, SocialAdsError
@@ -33,7 +33,6 @@ class TrainingReport:
     decision: Decision
     run_id: str
     model_uri: str
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -104,19 +103,10 @@ def search_named(
 
 
 def search_all(
-    settings: Settings,
-    train: pd.DataFrame,
-    test: pd.DataFrame,
-    on_result: Callable[[CandidateResult], None] | None = None,
+    settings: Settings, train: pd.DataFrame, test: pd.DataFrame
 ) -> list[CandidateResult]:
     """Grid-search every configured candidate."""
-    results = []
-    for name in settings.candidates:
-        result = search_named(settings, name, train, test)
-        results.append(result)
-        if on_result:
-            on_result(result)
-    return results
+    return [search_named(settings, name, train, test) for name in settings.candidates]
 
 
 def track_and_register(
