@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -128,7 +129,17 @@ def track_and_register(
         raise
     except Exception as exc:
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RegistryError(f"MLflow at {settings.mlflow_uri} failed: {detail}") from exc
+        raise RegistryError(
+            f"MLflow at {settings.mlflow_uri} failed: {detail}{_hint(detail)}"
+        ) from exc
+
+
+def _hint(detail: str) -> str:
+    """What to look at when the server itself reported the failure."""
+    # A server proxying artifacts answers 5xx when *its* artifact store (S3) fails.
+    if "/mlflow-artifacts/" in detail and re.search(r"\b5\d\d error responses", detail):
+        return "; the server could not store the artifacts: check its artifact store and its log"
+    return ""
 
 
 def _track_and_register(
