@@ -126,16 +126,18 @@ class StackHandle:
                     ps.PREFECT_HOME: self.prefect_home,
                 }
             ):
-                # Another test in this process may have set MLflow's URI explicitly (which
-                # beats the environment); point it at the stack and restore it afterwards.
+                # Another test in this process may have set MLflow's URIs explicitly (which
+                # beats the environment); point them at the stack and restore them afterwards.
                 import mlflow
 
-                previous = mlflow.get_tracking_uri()
+                tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
                 mlflow.set_tracking_uri(self.mlflow_url)
+                mlflow.set_registry_uri(self.mlflow_url)
                 try:
                     yield self
                 finally:
-                    mlflow.set_tracking_uri(previous)
+                    mlflow.set_tracking_uri(tracking)
+                    mlflow.set_registry_uri(registry)
 
 
 @pytest.fixture(scope="session")
