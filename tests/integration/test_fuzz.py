@@ -15,7 +15,6 @@ generation mode for the two predict operations (the others have a tiny input spa
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -30,9 +29,8 @@ from test_serve import (  # the registry fixtures and server helpers of the serv
     Registry,
     Server,
     champion_versions,
-    free_port,
+    launch,
     registry,
-    serve_command,
 )
 from toolenv import environ_without_tools
 
@@ -61,8 +59,6 @@ def fuzz_server(
 ) -> Iterator[Server]:
     """`socialads serve` with the champion loaded, small limits and no API key."""
     registry.set_champion(MODEL, champion_versions["logistic_regression"])
-    workdir = tmp_path_factory.mktemp("fuzz-serve")
-    port = free_port()
     env = environ_without_tools() | {
         "SOCIALADS_HOME": str(registry.home),
         "SOCIALADS_MODEL_NAME": MODEL,
@@ -71,30 +67,12 @@ def fuzz_server(
         "SOCIALADS_BATCH_MAX_RECORDS": str(MAX_RECORDS),
         "PYTHONUNBUFFERED": "1",
     }
-    log = workdir / "serve.log"
-    with log.open("w") as sink:
-        process = subprocess.Popen(
-            [*serve_command(), "--port", str(port)],
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=workdir,
-            start_new_session=True,
-        )
-    server = Server(process, f"http://127.0.0.1:{port}", log)
+    server = launch(env, tmp_path_factory.mktemp("fuzz-serve"))
     try:
         server.wait_for("/ready", 200, timeout=START_TIMEOUT)
         yield server
     finally:
-        server.http.close()
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        server.stop()
 
 
 # -- schemathesis -------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ started and stopped by the test (scripts/stack.py with its own state directory).
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 from faultproxy import FaultProxy
 from test_pipeline_stack import Ran, run_cli, wait_for
-from test_serve import BUYER, START_TIMEOUT, Hammer, Server, serve_command
+from test_serve import BUYER, START_TIMEOUT, Hammer, Server, free_port, launch
 from toolenv import environ_without_tools
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -121,22 +120,12 @@ def setup(stack: Any, relay: FaultProxy, tmp_path_factory: pytest.TempPathFactor
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         }
     )
-    client = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
-    made = Setup(
-        home,
-        env,
-        env["SOCIALADS_MODEL_NAME"],
-        env["SOCIALADS_EXPERIMENT_NAME"],
-        bucket,
-        client,
-        champion="",
-    )
     for args in (("lake", "init"), ("train",)):
-        ran = made.cli(*args)
+        ran = run_cli(home, env, *args)
         assert ran.returncode == 0, ran.describe()
-    count, champion = made.registry()
-    assert (count, champion) == (1, "1")
-    made.champion = champion
+    client = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+    made = Setup(home, env, f"OutageModel{tag}", f"Outage_{tag}", bucket, client, champion="1")
+    assert made.registry() == (1, "1")  # one version, and it is the champion
     return made
 
 
@@ -197,8 +186,6 @@ def test_s3_vanishing_while_mlflow_stores_the_model_keeps_the_champion(
     """The MLflow server's artifact store (S3) goes away at its first upload of the run: the
     run fails naming the MLflow server, no version is registered, the champion stays and the
     training run is marked FAILED in MLflow."""
-    from test_serve import free_port
-
     port = free_port()
     server = mlflow_server(port, s3_port=relay.port)
     url = f"http://127.0.0.1:{port}"
@@ -216,7 +203,7 @@ def test_s3_vanishing_while_mlflow_stores_the_model_keeps_the_champion(
     line = one_clear_error(ran, f"MLflow at {url}", "check its artifact store")
     record_property("s3_cut_mid_model_upload_seconds", round(ran.seconds, 1))
     print(f"\nS3 cut while MLflow stored the model: failed in {ran.seconds:.1f}s: {line}")
-    assert ran.seconds < OUTAGE_BOUND_S + 60, ran.describe()
+    assert ran.seconds < OUTAGE_BOUND_S, ran.describe()
     assert setup.registry() == registry_before
 
     experiment = setup.client.get_experiment_by_name(setup.experiment)
@@ -235,12 +222,9 @@ def test_s3_vanishing_while_mlflow_stores_the_model_keeps_the_champion(
 @pytest.fixture
 def serve(setup: Setup, tmp_path: Path) -> Iterator[Callable[[str], Server]]:
     """``serve(tracking_uri)``: `socialads serve` on a free port, polling every second."""
-    from test_serve import free_port
-
     servers: list[Server] = []
 
     def start(tracking_uri: str) -> Server:
-        port = free_port()
         env = environ_without_tools() | {
             "SOCIALADS_HOME": str(tmp_path / "serve-home"),
             "MLFLOW_TRACKING_URI": tracking_uri,
@@ -248,29 +232,12 @@ def serve(setup: Setup, tmp_path: Path) -> Iterator[Callable[[str], Server]]:
             "SOCIALADS_RELOAD_INTERVAL": "1",
             "PYTHONUNBUFFERED": "1",
         }
-        log = tmp_path / f"serve-{port}.log"
-        with log.open("w") as sink:
-            process = subprocess.Popen(
-                [*serve_command(), "--port", str(port)],
-                env=env,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                text=True,
-                cwd=tmp_path,
-                start_new_session=True,
-            )
-        servers.append(Server(process, f"http://127.0.0.1:{port}", log))
+        servers.append(launch(env, tmp_path))
         return servers[-1]
 
     yield start
     for server in servers:
-        server.http.close()
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
+        server.stop()
 
 
 @pytest.fixture
@@ -309,7 +276,6 @@ def test_model_service_rides_out_mlflow_outages(
     is back. MLflow down while the alias moves: reloads fail with 502, the old model keeps
     answering every request; MLflow back: the new champion is served by itself."""
     import mlflow
-    from test_serve import free_port
 
     port = free_port()  # nothing listens there yet
     url = f"http://127.0.0.1:{port}"

@@ -124,6 +124,17 @@ class Server:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def stop(self) -> None:
+        """Terminate the server (kill it after 30 s)."""
+        self.http.close()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
     def wait_for(self, path: str, status: int, timeout: float = START_TIMEOUT) -> httpx.Response:
         deadline = time.monotonic() + timeout
         last: Any = None
@@ -141,44 +152,41 @@ class Server:
         pytest.fail(f"{path} never answered {status} (last: {last}):\n{self.output()}")
 
 
+def launch(env: dict[str, str], workdir: Path, *options: str) -> Server:
+    """`socialads serve` on a free port with exactly ``env``, its output in ``workdir``."""
+    port = free_port()
+    log = workdir / f"serve-{port}.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [*serve_command(), "--port", str(port), *options],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=workdir,
+            start_new_session=True,
+        )
+    return Server(process, f"http://127.0.0.1:{port}", log)
+
+
 @pytest.fixture
 def start_server(registry: Registry, tmp_path: Path) -> Iterator[Any]:
     """Start `socialads serve` with extra variables/options; everything stops at teardown."""
     started: list[Server] = []
 
     def start(*options: str, **variables: str) -> Server:
-        port = free_port()
         env = environ_without_tools() | {
             "SOCIALADS_HOME": str(registry.home),
             "SOCIALADS_MODEL_NAME": MODEL,
             "SOCIALADS_RELOAD_INTERVAL": "1",
             "PYTHONUNBUFFERED": "1",
         }
-        log = tmp_path / f"serve-{port}.log"
-        with log.open("w") as sink:
-            process = subprocess.Popen(
-                [*serve_command(), "--port", str(port), *options],
-                env=env | variables,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                text=True,
-                cwd=tmp_path,
-                start_new_session=True,
-            )
-        server = Server(process, f"http://127.0.0.1:{port}", log)
-        started.append(server)
-        return server
+        started.append(launch(env | variables, tmp_path, *options))
+        return started[-1]
 
     yield start
     for server in started:
-        server.http.close()
-        if server.process.poll() is None:
-            server.process.terminate()
-            try:
-                server.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.process.kill()
-                server.process.wait()
+        server.stop()
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
