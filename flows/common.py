@@ -5,19 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from socialads.errors import LakeError
-from socialads.settings import Settings, load_settings
+from socialads.settings import Settings, env_names, load_settings
 
 
 def flow_settings(**overrides: Any) -> Settings:
     """The flow's settings: environment and ``.env``, with the flow's non-null parameters."""
-    aliases = {
-        "test_size": "SOCIALADS_TEST_SIZE",
-        "random_state": "SOCIALADS_RANDOM_STATE",
-        "selection_metric": "SOCIALADS_SELECTION_METRIC",
-        "candidates": "SOCIALADS_CANDIDATES",
-        "cv_folds": "SOCIALADS_CV_FOLDS",
-    }
-    given = {aliases[key]: value for key, value in overrides.items() if value is not None}
+    given = {env_names(key)[0]: value for key, value in overrides.items() if value is not None}
     return load_settings(**given)
 
 

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args
 
 from platformdirs import user_data_path
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SelectionMetric = Literal["f1", "accuracy", "precision", "recall", "roc_auc"]
@@ -271,3 +278,19 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment (and ``.env``), with explicit overrides."""
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def env_names(field: str) -> tuple[str, ...]:
+    """The environment variables ``Settings.<field>`` reads, the ``SOCIALADS_`` one first."""
+    alias = Settings.model_fields[field].validation_alias
+    if not isinstance(alias, AliasChoices):
+        raise TypeError(f"settings field {field!r} declares no environment names")
+    return tuple(str(choice) for choice in alias.choices)
+
+
+def describe_problems(exc: ValidationError) -> str:
+    """One line naming every invalid setting, e.g. ``SOCIALADS_API_PORT: Input should ...``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+        for err in exc.errors()
+    )

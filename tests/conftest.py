@@ -7,27 +7,10 @@ from pathlib import Path
 
 import pytest
 
-ISOLATED_VARS = (
-    "SOCIALADS_HOME",
-    "SOCIALADS_LAKE_URL",
-    "SOCIALADS_DATA_BUCKET",
-    "DATA_REPO_BUCKET_NAME",
-    "SOCIALADS_S3_ENDPOINT_URL",
-    "MLFLOW_S3_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL",
-    "SOCIALADS_S3_ACCESS_KEY",
-    "AWS_ACCESS_KEY_ID",
-    "MINIO_ACCESS_KEY",
-    "SOCIALADS_S3_SECRET_KEY",
-    "AWS_SECRET_ACCESS_KEY",
-    "MINIO_SECRET_ACCESS_KEY",
-    "SOCIALADS_TRACKING_URI",
-    "MLFLOW_TRACKING_URI",
-    "SOCIALADS_PREFECT_API_URL",
-    "PREFECT_API_URL",
-    "SOCIALADS_CANDIDATES",
-    "SOCIALADS_API_KEY",
-)
+from socialads.settings import Settings, env_names
+
+# Every variable the settings read: no test sees the developer's configuration.
+ISOLATED_VARS = tuple(name for field in Settings.model_fields for name in env_names(field))
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,6 @@ from socialads.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
-    from pydantic import ValidationError
 
     from socialads.serving.model_store import LoadedModel
     from socialads.settings import Settings
@@ -32,25 +31,16 @@ if TYPE_CHECKING:
 PROMETHEUS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def describe_invalid_settings(exc: ValidationError) -> str:
-    """One line naming every invalid variable, e.g. ``SOCIALADS_API_PORT: Input should ...``."""
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-        for err in exc.errors()
-    )
-    return f"invalid settings: {problems}"
-
-
 def settings_from_environment() -> Settings:
     """Build the settings; raises ConfigurationError naming the invalid variables."""
     from pydantic import ValidationError
 
-    from socialads.settings import load_settings
+    from socialads.settings import describe_problems, load_settings
 
     try:
         settings = load_settings()
     except ValidationError as exc:
-        raise ConfigurationError(describe_invalid_settings(exc)) from exc
+        raise ConfigurationError(f"invalid settings: {describe_problems(exc)}") from exc
     check_serving_settings(settings)
     return settings
 
@@ -158,23 +148,21 @@ def _worker_environment(settings: Settings) -> Iterator[None]:
 
 def worker_variables(settings: Settings) -> dict[str, str]:
     """``SOCIALADS_*`` variables of the settings that differ from the environment's own."""
-    from pydantic import AliasChoices, SecretStr, ValidationError
+    from pydantic import SecretStr, ValidationError
 
     from socialads.settings import Settings as SettingsClass
+    from socialads.settings import env_names
 
     try:
         baseline: Settings | None = SettingsClass()
     except ValidationError:
         baseline = None
     variables: dict[str, str] = {}
-    for name, field in SettingsClass.model_fields.items():
+    for name in SettingsClass.model_fields:
         value = getattr(settings, name)
         if value is None or (baseline is not None and getattr(baseline, name) == value):
             continue
-        alias = field.validation_alias
-        variable = (
-            str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"SOCIALADS_{name}"
-        ).upper()
+        variable = env_names(name)[0]
         if isinstance(value, SecretStr):
             text = value.get_secret_value()
         elif isinstance(value, list | tuple):

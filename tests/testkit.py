@@ -1,0 +1,74 @@
+"""What several test modules need: a clean environment, the CLI, scripts/stack.py.
+
+tests/ is on ``sys.path`` (pytest puts the folder of the root conftest.py there), so any
+test module can ``from testkit import ...``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL_PREFIXES = ("SOCIALADS_", "MLFLOW_", "PREFECT_", "AWS_", "MINIO_", "DATA_REPO_", "PROMETHEUS_")
+CLI = [sys.executable, "-m", "socialads"]
+STACK_MODULE_NAME = "socialads_stack_launcher"
+
+
+def environ_without_tools() -> dict[str, str]:
+    """``os.environ`` without any variable of socialads, MLflow, Prefect, S3 or Prometheus."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(TOOL_PREFIXES)}
+
+
+@dataclass
+class Ran:
+    """A finished CLI call and how long it took."""
+
+    args: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def describe(self) -> str:
+        return (
+            f"socialads {' '.join(self.args)} -> {self.returncode} in {self.seconds:.1f}s\n"
+            f"--- stdout ---\n{self.stdout[-3000:]}\n--- stderr ---\n{self.stderr[-5000:]}"
+        )
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("error:")]
+
+
+def run_cli(cwd: Path, env: dict[str, str], *args: str, timeout: float = 600) -> Ran:
+    """Run ``socialads *args`` in ``cwd`` with exactly ``env``."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        [*CLI, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Ran(args, done.returncode, done.stdout, done.stderr, time.perf_counter() - started)
+
+
+def load_stack_module() -> ModuleType:
+    """Import scripts/stack.py (not a package) once per process."""
+    if STACK_MODULE_NAME in sys.modules:
+        return sys.modules[STACK_MODULE_NAME]
+    spec = importlib.util.spec_from_file_location(STACK_MODULE_NAME, ROOT / "scripts" / "stack.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[STACK_MODULE_NAME] = module
+    spec.loader.exec_module(module)
+    return module
