@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from toolenv import environ_without_tools
+from testkit import Ran, environ_without_tools, run_cli
 
 from socialads.data.lake import MANIFEST_KEY, RAW_KEY, SCALER_KEY, TRAIN_KEY
 
@@ -41,7 +41,7 @@ def python(script: str) -> str:
     return out.stdout
 
 
-def run(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def run(home: Path, *args: str, **env: str) -> Ran:
     environment = environ_without_tools()
     environment |= {
         "SOCIALADS_HOME": str(home),
@@ -50,15 +50,7 @@ def run(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         "SOCIALADS_CANDIDATES": "gaussian_nb,knn",
         **env,
     }
-    return subprocess.run(
-        [*CLI, *args],
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=home,
-        timeout=600,
-        check=False,
-    )
+    return run_cli(home, environment, *args)
 
 
 def registry_state(home: Path) -> tuple[int, str]:

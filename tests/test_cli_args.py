@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from toolenv import environ_without_tools
+from testkit import environ_without_tools, run_cli
 
 NONSENSE = [
     ["frobnicate"],
@@ -34,17 +32,8 @@ NONSENSE = [
 
 @pytest.mark.parametrize("args", NONSENSE, ids=lambda a: " ".join(a) or "none")
 def test_nonsense_gets_one_line_and_non_zero(tmp_path: Path, args: list[str]) -> None:
-    env = environ_without_tools()
-    env["SOCIALADS_HOME"] = str(tmp_path)
-    result = subprocess.run(
-        [sys.executable, "-m", "socialads", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-        check=False,
-    )
+    env = environ_without_tools() | {"SOCIALADS_HOME": str(tmp_path)}
+    result = run_cli(tmp_path, env, *args, timeout=120)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
@@ -53,16 +42,8 @@ def test_nonsense_gets_one_line_and_non_zero(tmp_path: Path, args: list[str]) ->
 
 
 def test_invalid_settings_are_named_at_start(tmp_path: Path) -> None:
-    env = environ_without_tools()
-    env |= {"SOCIALADS_HOME": str(tmp_path), "SOCIALADS_TEST_SIZE": "lots"}
-    result = subprocess.run(
-        [sys.executable, "-m", "socialads", "info"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-        check=False,
-    )
+    env = environ_without_tools() | {"SOCIALADS_HOME": str(tmp_path), "SOCIALADS_TEST_SIZE": "lots"}
+    result = run_cli(tmp_path, env, "info", timeout=120)
     assert result.returncode == 2
     assert "SOCIALADS_TEST_SIZE" in result.stderr
+

@@ -9,7 +9,6 @@ run the same servers with the same flags.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -24,9 +23,10 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from testkit import load_stack_module
 
 from socialads import __version__
-from socialads.settings import Settings
+from socialads.settings import Settings, env_names
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
@@ -34,7 +34,6 @@ ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE_BIN = Path(sys.executable).with_name("docker-compose")
-STACK_MODULE_NAME = "socialads_stack_launcher"  # the name tests/integration/conftest.py uses
 
 REQUIRED_VARIABLES = (
     "MINIO_ACCESS_KEY",
@@ -45,27 +44,18 @@ REQUIRED_VARIABLES = (
 APP_SERVICES = ("bucket-init", "flows", "api")
 INFRA_SERVICES = {"s3", "bucket-init", "postgres", "mlflow", "prefect-server"}
 # Settings each app service must receive, by field name of socialads.settings.Settings.
+LAKE_FIELDS = (
+    "home",
+    "data_bucket",
+    "artifacts_bucket",
+    "s3_endpoint_url",
+    "s3_access_key",
+    "s3_secret_key",
+    "s3_region",
+)
 STACK_FIELDS: dict[str, tuple[str, ...]] = {
-    "bucket-init": (
-        "home",
-        "data_bucket",
-        "artifacts_bucket",
-        "s3_endpoint_url",
-        "s3_access_key",
-        "s3_secret_key",
-        "s3_region",
-    ),
-    "flows": (
-        "home",
-        "data_bucket",
-        "artifacts_bucket",
-        "s3_endpoint_url",
-        "s3_access_key",
-        "s3_secret_key",
-        "s3_region",
-        "tracking_uri",
-        "prefect_api_url",
-    ),
+    "bucket-init": LAKE_FIELDS,
+    "flows": (*LAKE_FIELDS, "tracking_uri", "prefect_api_url"),
     "api": ("home", "tracking_uri", "s3_endpoint_url", "s3_access_key", "s3_secret_key"),
 }
 
@@ -110,18 +100,6 @@ def env_file_values(path: Path = ENV_EXAMPLE) -> dict[str, str]:
     return values
 
 
-def load_stack_module() -> ModuleType:
-    """scripts/stack.py, imported as tests/integration/conftest.py imports it."""
-    if STACK_MODULE_NAME in sys.modules:
-        return sys.modules[STACK_MODULE_NAME]
-    spec = importlib.util.spec_from_file_location(STACK_MODULE_NAME, ROOT / "scripts" / "stack.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[STACK_MODULE_NAME] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def flags(argv: list[str]) -> dict[str, str | None]:
     """``--flag value`` / ``--flag`` tokens of a command line, as flag → value (or None)."""
     parsed: dict[str, str | None] = {}
@@ -142,17 +120,8 @@ def program(argv: list[str]) -> list[str]:
     return head
 
 
-def aliases(field: str) -> tuple[str, ...]:
-    """Environment names the settings read for ``field``."""
-    alias = Settings.model_fields[field].validation_alias
-    choices = getattr(alias, "choices", None)
-    names = tuple(str(choice) for choice in choices) if choices else (str(alias),)
-    assert names, f"settings field {field} has no environment name"
-    return names
-
-
 def all_setting_names() -> set[str]:
-    return {name for field in Settings.model_fields for name in aliases(field)}
+    return {name for field in Settings.model_fields for name in env_names(field)}
 
 
 def port_of(service: dict[str, Any], target: int) -> dict[str, Any]:
@@ -340,8 +309,8 @@ def test_app_services_receive_the_settings_they_need(
 ) -> None:
     environment = services[name]["environment"]
     for field in STACK_FIELDS[name]:
-        given = [alias for alias in aliases(field) if environment.get(alias) is not None]
-        assert given, f"{name} gets none of {aliases(field)} (settings field {field})"
+        given = [alias for alias in env_names(field) if environment.get(alias) is not None]
+        assert given, f"{name} gets none of {env_names(field)} (settings field {field})"
     assert services[name]["command"][0] == "socialads"
 
 

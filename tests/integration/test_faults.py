@@ -15,11 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
-from toolenv import environ_without_tools
+from testkit import CLI, environ_without_tools, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-CLI = [sys.executable, "-m", "socialads"]
 
 
 def test_two_trainings_at_once_leave_one_consistent_champion(stack: Any, tmp_path: Path) -> None:
@@ -31,16 +29,8 @@ def test_two_trainings_at_once_leave_one_consistent_champion(stack: Any, tmp_pat
 
     model = f"ConcurrentModel{uuid.uuid4().hex[:8]}"
     env = stack.subprocess_env() | {"SOCIALADS_MODEL_NAME": model}
-    init = subprocess.run(
-        [*CLI, "lake", "init"],
-        env=env | {"SOCIALADS_HOME": str(tmp_path / "i")},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert init.returncode == 0, init.stderr
+    init = run_cli(tmp_path, env | {"SOCIALADS_HOME": str(tmp_path / "i")}, "lake", "init")
+    assert init.returncode == 0, init.describe()
     runs = []
     for family in ("gaussian_nb", "knn"):  # holdout F1 0.821 and 0.867 on the default split
         home = tmp_path / family

@@ -32,7 +32,7 @@ from test_serve import (  # the registry fixtures and server helpers of the serv
     launch,
     registry,
 )
-from toolenv import environ_without_tools
+from testkit import environ_without_tools
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 from faultproxy import FaultProxy
-from test_pipeline_stack import Ran, run_cli, wait_for
+from test_pipeline_stack import wait_for
 from test_serve import BUYER, START_TIMEOUT, Hammer, Server, free_port, launch
-from toolenv import environ_without_tools
+from testkit import Ran, environ_without_tools, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

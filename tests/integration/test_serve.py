@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from toolenv import environ_without_tools
+from testkit import environ_without_tools
 
 pytestmark = pytest.mark.integration
 
