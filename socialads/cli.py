@@ -106,7 +106,7 @@ def main_callback(
     """Build the settings once for the command that follows."""
     from pydantic import ValidationError
 
-    from socialads.settings import load_settings
+    from socialads.settings import describe_problems, load_settings
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -119,18 +119,8 @@ def main_callback(
     try:
         settings = load_settings()
     except ValidationError as exc:
-        _fail(f"invalid settings: {_problems(exc)}", 2)
+        _fail(f"invalid settings: {describe_problems(exc)}", 2)
     ctx.obj = State(settings=settings, verbose=verbose)
-
-
-def _problems(exc: Exception) -> str:
-    """One line naming each invalid setting of a pydantic ValidationError."""
-    errors = getattr(exc, "errors", None)
-    if errors is None:
-        return str(exc).splitlines()[0]
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in errors()
-    )
 
 
 class _OneLine(logging.Filter):
@@ -163,25 +153,29 @@ def train(
     ctx: typer.Context,
     metric: Annotated[
         Metric | None,
-        typer.Option(help="Selection metric. [env SOCIALADS_SELECTION_METRIC, default f1]"),
+        typer.Option(help="Selection metric. (env SOCIALADS_SELECTION_METRIC, default f1)"),
     ] = None,
     candidates: Annotated[
         str | None,
         typer.Option(
             help="Comma-separated candidate families, e.g. knn,svm_rbf. "
-            "[env SOCIALADS_CANDIDATES, default all six]"
+            "(env SOCIALADS_CANDIDATES, default all six)"
         ),
     ] = None,
     test_size: Annotated[
         float | None,
-        typer.Option(min=0.05, max=0.5, help="Holdout share. [env SOCIALADS_TEST_SIZE, 0.2]"),
+        typer.Option(
+            min=0.05, max=0.5, help="Holdout share. (env SOCIALADS_TEST_SIZE, default 0.2)"
+        ),
     ] = None,
     random_state: Annotated[
-        int | None, typer.Option(help="Seed. [env SOCIALADS_RANDOM_STATE, default 42]")
+        int | None, typer.Option(help="Seed. (env SOCIALADS_RANDOM_STATE, default 42)")
     ] = None,
     cv_folds: Annotated[
         int | None,
-        typer.Option(min=2, max=20, help="Stratified CV folds. [env SOCIALADS_CV_FOLDS, 5]"),
+        typer.Option(
+            min=2, max=20, help="Stratified CV folds. (env SOCIALADS_CV_FOLDS, default 5)"
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -197,18 +191,21 @@ def train(
         "test_size": test_size,
         "random_state": random_state,
         "selection_metric": metric.value if metric else None,
-        "candidates": candidates.split(",") if candidates else None,
+        "candidates": candidates,
         "cv_folds": cv_folds,
     }
 
     from pydantic import ValidationError
 
     from flows.common import flow_settings
+    from socialads.settings import describe_problems
 
     try:
-        flow_settings(**overrides)  # fail fast on bad options, before Prefect starts
+        checked = flow_settings(**overrides)  # fail fast on bad options, before Prefect starts
     except ValidationError as exc:
-        _fail(f"invalid option: {_problems(exc)}", 2)
+        _fail(f"invalid option: {describe_problems(exc)}", 2)
+    if candidates:
+        overrides["candidates"] = checked.candidates  # split and stripped by the settings
 
     def body() -> dict[str, Any]:
         started = time.perf_counter()
@@ -285,20 +282,21 @@ def predict(
 @app.command()
 def serve(
     ctx: typer.Context,
-    host: Annotated[str | None, typer.Option(help="Bind address. [env SOCIALADS_API_HOST]")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address. (env SOCIALADS_API_HOST)")] = None,
     port: Annotated[
-        int | None, typer.Option(min=1, max=65535, help="Port. [env SOCIALADS_API_PORT, 8800]")
+        int | None,
+        typer.Option(min=1, max=65535, help="Port. (env SOCIALADS_API_PORT, default 8800)"),
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(min=1, max=64, help="uvicorn workers. [env SOCIALADS_API_WORKERS, 1]"),
+        typer.Option(min=1, max=64, help="uvicorn workers. (env SOCIALADS_API_WORKERS, default 1)"),
     ] = None,
     reload_interval: Annotated[
         float | None,
         typer.Option(
             min=0.1,
             help="Seconds between checks of the champion alias. "
-            "[env SOCIALADS_RELOAD_INTERVAL, 10]",
+            "(env SOCIALADS_RELOAD_INTERVAL, default 10)",
         ),
     ] = None,
 ) -> None:
@@ -327,7 +325,7 @@ def deploy(
     cron: Annotated[
         str | None,
         typer.Option(
-            help="Cron schedule of the pipeline deployment. [env SOCIALADS_PIPELINE_CRON]"
+            help="Cron schedule of the pipeline deployment. (env SOCIALADS_PIPELINE_CRON)"
         ),
     ] = None,
 ) -> None:

@@ -176,3 +176,13 @@ def test_every_command_has_help(home: Path) -> None:
         assert result.returncode == 0, command
         assert "Usage" in result.stdout
     assert "SOCIALADS_HOME" in run(home, "--help").stdout
+
+
+def test_option_help_names_the_variable_behind_each_option(home: Path) -> None:
+    for command, variables in {
+        "train": ("SOCIALADS_SELECTION_METRIC", "SOCIALADS_CANDIDATES", "SOCIALADS_CV_FOLDS"),
+        "serve": ("SOCIALADS_API_PORT", "SOCIALADS_API_WORKERS", "SOCIALADS_RELOAD_INTERVAL"),
+    }.items():
+        shown = run(home, command, "--help", COLUMNS="200").stdout
+        for variable in variables:
+            assert variable in shown, (command, variable, shown)

@@ -47,3 +47,9 @@ def test_invalid_settings_are_named_at_start(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "SOCIALADS_TEST_SIZE" in result.stderr
 
+
+def test_candidates_may_have_spaces_after_commas(tmp_path: Path) -> None:
+    env = environ_without_tools() | {"SOCIALADS_HOME": str(tmp_path)}
+    result = run_cli(tmp_path, env, "train", "--candidates", "knn, no_such_family", timeout=120)
+    assert result.returncode == 2
+    assert "unknown candidates ['no_such_family']" in result.stderr  # "knn" was accepted
