@@ -11,8 +11,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from socialads.errors import RegistryError
-
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow import MlflowClient
@@ -224,20 +222,18 @@ def log_best_model(
     x_train, _ = features_and_target(train)
     example = x_train.head(3)
     signature = infer_signature(example, best.pipeline.predict(example))
-    try:
-        with mlflow.start_run(run_id=parent_run_id):
-            info = mlflow.sklearn.log_model(
-                best.pipeline,
-                name=MODEL_ARTIFACT,
-                signature=signature,
-                input_example=example,
-                pip_requirements=model_requirements(),
-                serialization_format="skops",
-                skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
-                metadata={"candidate": best.name, "selection_metric": metric},
-            )
-    except Exception as exc:
-        raise RegistryError(f"logging the model to MLflow failed: {exc}") from exc
+    # Failures surface through training.track_and_register, which names the server.
+    with mlflow.start_run(run_id=parent_run_id):
+        info = mlflow.sklearn.log_model(
+            best.pipeline,
+            name=MODEL_ARTIFACT,
+            signature=signature,
+            input_example=example,
+            pip_requirements=model_requirements(),
+            serialization_format="skops",
+            skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
+            metadata={"candidate": best.name, "selection_metric": metric},
+        )
     return info.model_uri
 
 
