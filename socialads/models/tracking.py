@@ -58,13 +58,21 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+_preloads: dict[str, threading.Thread] = {}
+"""Preload thread of each tracking URI started in this process."""
+
+
 def preload(settings: Settings) -> threading.Thread:
     """Import MLflow, skops and matplotlib and open the tracking store in a background thread.
 
     Those imports cost ~10 s on a small machine; the CV search that runs meanwhile spends most
     of its time in scikit-learn code that releases the GIL, so the two overlap. Failures here
-    are only logged: the same calls run again, in the foreground, when they are needed.
+    are only logged: the same calls run again, in the foreground, when they are needed. Once
+    per process and tracking store (the pipeline flow and its train subflow both ask).
     """
+    started = _preloads.get(settings.mlflow_uri)
+    if started is not None:
+        return started
 
     def work() -> None:
         try:
@@ -80,6 +88,7 @@ def preload(settings: Settings) -> threading.Thread:
             log.debug("background preload failed: %s", exc)
 
     thread = threading.Thread(target=work, name="socialads-preload", daemon=True)
+    _preloads[settings.mlflow_uri] = thread
     thread.start()
     return thread
 
