@@ -857,6 +857,8 @@ class _TreeGridPredictor(_Compiled):
     """
 
     mode = "grid"
+    DERIVED = ("_p0", "_p1", "_ta", "_ts")
+    """Attributes left out of the cache (:func:`predictor_state`) and rebuilt by ``_derive``."""
 
     def __init__(self, scaling: _Scaling, model: Any, family: str, max_cells: int) -> None:
         super().__init__(scaling)
@@ -864,9 +866,9 @@ class _TreeGridPredictor(_Compiled):
         thr_g, thr_a, thr_s = _split_thresholds(_trees(model))
         reps = [_representatives(t) for t in (thr_g, thr_a, thr_s)]
         ng, na, ns = (r.shape[0] for r in reps)
-        self.cells = ng * na * ns
-        if self.cells > max_cells:
-            raise _GridTooLargeError(f"{self.cells} cells > {max_cells}")
+        cells = ng * na * ns
+        if cells > max_cells:
+            raise _GridTooLargeError(f"{cells} cells > {max_cells}")
         grid = np.stack(np.meshgrid(*reps, indexing="ij"), axis=-1).reshape(-1, 3)
         proba = np.vstack(
             [
@@ -876,15 +878,18 @@ class _TreeGridPredictor(_Compiled):
         )
         self._p0_arr = np.ascontiguousarray(proba[:, 0])
         self._p1_arr = np.ascontiguousarray(proba[:, 1])
-        self._p0 = self._p0_arr.tolist()
-        self._p1 = self._p1_arr.tolist()
         self._thr_g, self._thr_a, self._thr_s = thr_g, thr_a, thr_s
-        self._ta, self._ts = thr_a.tolist(), thr_s.tolist()
         self._na, self._ns = na, ns
         self._offset = {
             g: bisect.bisect_left(thr_g.tolist(), float(np.float32(code))) * na * ns
             for g, code in scaling.codes.items()
         }
+        self._derive()
+
+    def _derive(self) -> None:
+        # Python lists for the one-record path: indexing them beats numpy scalars.
+        self._p0, self._p1 = self._p0_arr.tolist(), self._p1_arr.tolist()
+        self._ta, self._ts = self._thr_a.tolist(), self._thr_s.tolist()
 
     def predict_pair_one(self, gender: str, age: float, salary: float) -> tuple[float, float]:
         """Two bisects and a table lookup."""
@@ -1159,8 +1164,9 @@ _STORABLE: dict[str, type] = {
 def predictor_state(predictor: FastPredictor) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split a compiled predictor into JSON-able state and numpy arrays.
 
-    Raises ``NotImplementedError`` for predictors that hold fitted scikit-learn objects
-    (the generic fallback, KNN with its search tree, trees in "walk" mode).
+    Attributes a class names in ``DERIVED`` are left out (its ``_derive`` rebuilds them on
+    load). Raises ``NotImplementedError`` for predictors that hold fitted scikit-learn
+    objects (the generic fallback, KNN with its search tree, trees in "walk" mode).
     """
     arrays: dict[str, Any] = {}
 
@@ -1185,7 +1191,9 @@ def predictor_state(predictor: FastPredictor) -> tuple[dict[str, Any], dict[str,
             return {"__dict__": [[encode(k), encode(v)] for k, v in value.items()]}
         name = type(value).__name__
         if _STORABLE.get(name) is type(value):
-            return {"__obj__": name, "state": {k: encode(v) for k, v in vars(value).items()}}
+            derived = getattr(value, "DERIVED", ())
+            state = {k: encode(v) for k, v in vars(value).items() if k not in derived}
+            return {"__obj__": name, "state": state}
         raise NotImplementedError(f"{name} cannot be stored as plain numbers")
 
     return encode(predictor), arrays
@@ -1208,6 +1216,8 @@ def predictor_from_state(state: dict[str, Any], arrays: dict[str, Any]) -> FastP
         cls = _STORABLE[value["__obj__"]]
         obj = cls.__new__(cls)
         obj.__dict__.update({k: decode(v) for k, v in value["state"].items()})
+        if getattr(obj, "DERIVED", ()):
+            obj._derive()  # rebuild what was left out of the stored state
         return obj
 
     predictor = decode(state)
