@@ -47,7 +47,7 @@ class Decision:
         return asdict(self)
 
     def headline(self) -> str:
-        """One line for people, e.g. ``promoted version 3 to champion: f1 0.87 > 0.82``."""
+        """One line for people, e.g. ``promoted version 3 to champion: f1 0.8872 > 0.8667``."""
         if self.promoted:
             return f"promoted version {self.version} to {self.alias}: {self.reason}"
         return (
@@ -105,7 +105,7 @@ def register_and_gate(
 
     The current champion is re-scored on the same holdout ``test`` so both sides are
     compared on equal terms. ``lock`` serialises gates across processes (the flows pass a
-    Prefect global concurrency limit); without one, the champion is read again just before
+    Prefect global concurrency limit); in any case the champion is read again just before
     the alias moves and the gate runs again if another training moved it meanwhile.
     """
     import mlflow

@@ -15,8 +15,6 @@ if TYPE_CHECKING:
 
     from socialads.models.candidates import Candidate
 
-METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "roc_auc")
-
 
 @dataclass
 class CandidateResult:
