@@ -86,8 +86,9 @@ S3_REGION = "us-east-1"
 ADMIN_GRPC_OFFSET = 10000
 STATE_FILE = "state.json"
 SERVICES: tuple[str, ...] = ("s3", "mlflow", "prefect")
-# The compose service names/ports other containers use; MLflow checks the Host header.
-COMPOSE_MLFLOW_HOSTS: tuple[str, ...] = ("mlflow:5000", "mlflow")
+# The compose service name/port (.env.example MLFLOW_HOST, MLFLOW_PORT) other containers use;
+# MLflow checks the Host header.
+COMPOSE_MLFLOW_HOSTS: tuple[str, ...] = ("mlflow:5001", "mlflow")
 # Variables of the tools that must not leak from the caller's shell into the servers.
 _SCRUBBED_PREFIXES = ("AWS_", "MLFLOW_", "PREFECT_", "SOCIALADS_", "MINIO_", "S3_")
 
@@ -383,6 +384,9 @@ def prefect_env(cfg: StackConfig) -> dict[str, str]:
         "PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "true",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_UI_ENABLED": "true" if cfg.prefect_ui else "false",
+        # The server builds its UI here at start (the default is inside site-packages, which
+        # a server run by another user than the one who installed it cannot write).
+        "PREFECT_SERVER_UI_STATIC_DIRECTORY": str(cfg.prefect_home / "ui"),
         "PREFECT_SERVER_UI_API_URL": cfg.prefect_api_url,
         "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
     }

