@@ -114,12 +114,9 @@ def probabilities(
     return np.asarray(proba, dtype=np.float64)
 
 
-def estimator_name(model: bytes) -> str | None:
+def estimator_name(sess: onnxruntime.InferenceSession) -> str | None:
     """The estimator class recorded in a graph converted by :func:`convert`."""
-    import onnx
-
-    props = {p.key: p.value for p in onnx.load_from_string(model).metadata_props}
-    return props.get(ENGINE_METADATA)
+    return sess.get_modelmeta().custom_metadata_map.get(ENGINE_METADATA)
 
 
 # -- conversion and check (training side) -----------------------------------------------------

@@ -58,7 +58,7 @@ class OnnxEngine:
 
     def __init__(self, model: bytes, threads: int = 1) -> None:
         self.session = onnx_export.session(model, threads)
-        self.estimator = onnx_export.estimator_name(model) or "unknown"
+        self.estimator = onnx_export.estimator_name(self.session) or "unknown"
         # The one-record feeds reuse two ready Gender arrays (a few µs per request).
         self._gender = {g: np.array([[g]], dtype=object) for g in GENDERS}
 
