@@ -91,7 +91,7 @@ def search_candidate(
     )
     with warnings.catch_warnings():
         # SVC(probability=True) is deprecated from scikit-learn 1.9 and kept until 1.11; the
-        # pinned range stays below that and the fast path reproduces its Platt scaling.
+        # pinned range stays below that (its ONNX graph reproduces the Platt scaling).
         warnings.filterwarnings(
             "ignore", message=".*`probability` parameter", category=FutureWarning
         )

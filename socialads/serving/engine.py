@@ -10,7 +10,7 @@ training time, or it was trained before the conversion existed). Both give the s
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from socialads.data.schema import AGE, FEATURES, GENDER, GENDERS, SALARY
 from socialads.models import onnx_export
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     import numpy.typing as npt
     from sklearn.pipeline import Pipeline
@@ -118,7 +118,7 @@ class SklearnEngine:
 
 def build_engine(
     onnx_model: bytes | None,
-    load_pipeline: Any,
+    load_pipeline: Callable[[], Pipeline],
     reason: str | None,
     threads: int = 1,
 ) -> Engine:

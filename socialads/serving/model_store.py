@@ -183,7 +183,7 @@ class ModelStore:
 
     # -- loading ------------------------------------------------------------------------------
     def load_blocking(self) -> LoadedModel:
-        """Load and compile with the loader, in the calling thread."""
+        """Load with the loader and start the engine, in the calling thread."""
         return LoadedModel.build(self._loader(self.settings), self.settings)
 
     def install(self, model: LoadedModel) -> None:
@@ -203,7 +203,7 @@ class ModelStore:
         )
 
     def _fetch(self, force: bool) -> tuple[LoadedModel | None, str]:
-        """Thread body: load; compile only if the version changed (or ``force``)."""
+        """Thread body: load; start an engine only if the version changed (or ``force``)."""
         champion = self._loader(self.settings)
         current = self.current
         if current is not None and champion.version == current.version and not force:
