@@ -233,7 +233,7 @@ class ChampionModel:
     alias: str
     run_id: str | None
     pipeline: Pipeline | None
-    """The scikit-learn Pipeline; loaded only when there is no ONNX graph to serve."""
+    """The scikit-learn Pipeline (None: loaded from the registry if it is needed)."""
     metrics: dict[str, float]
     loaded_at: datetime
     onnx: bytes | None = None
@@ -243,7 +243,7 @@ class ChampionModel:
 
 
 def load_champion(settings: Settings, client: MlflowClient | None = None) -> ChampionModel:
-    """Load the champion's ONNX graph (or, without one, its Pipeline) and its metadata.
+    """Load the champion's ONNX graph (when it has one), its Pipeline and its metadata.
 
     Raises :class:`NoChampionError` when no champion exists yet.
     """
@@ -258,7 +258,10 @@ def load_champion(settings: Settings, client: MlflowClient | None = None) -> Cha
         )
     version = str(current.version)
     onnx, reason = load_onnx(client, settings, version)
-    pipeline = load_version(settings, version) if onnx is None else None
+    # The Pipeline too, even with a graph: the fallback is then ready if ONNX Runtime refuses
+    # the graph, and a long-running server pays scikit-learn's imports at its first load, not
+    # in the middle of traffic when the alias moves to a version without a graph.
+    pipeline = load_version(settings, version)
     metrics: dict[str, float] = {}
     if current.run_id:
         try:
