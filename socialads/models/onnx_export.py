@@ -14,7 +14,7 @@ Only numpy is imported at module level: the one-off predict path uses :func:`ses
 
 from __future__ import annotations
 
-import logging
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     import pandas as pd
     from sklearn.pipeline import Pipeline
 
-log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
 ONNX_ARTIFACT = f"extra_files/{ONNX_FILE}"
@@ -133,16 +132,20 @@ def convert(pipeline: Pipeline) -> bytes:
     # inputs and scaling, then a cast to float32 before the estimator (which the
     # estimator's own float32 computations need anyway).
     cast = CastTransformer(dtype=np.float32).fit(np.zeros((1, 1)))
-    graph = convert_sklearn(
-        Pipeline([(pre_name, preprocess), ("cast", cast), (model_name, estimator)]),
-        initial_types=[
-            (GENDER, StringTensorType([None, 1])),
-            (AGE, DoubleTensorType([None, 1])),
-            (SALARY, DoubleTensorType([None, 1])),
-        ],
-        # Plain (n, 2) probabilities instead of a list of {class: p} maps.
-        options={id(estimator): {"zipmap": False}},
-    )
+    with warnings.catch_warnings():
+        # The SVC converter reads probA_/probB_, deprecated with SVC(probability=True) in
+        # scikit-learn 1.9 (see socialads.models.search).
+        warnings.filterwarnings("ignore", message=".*probability=True", category=FutureWarning)
+        graph = convert_sklearn(
+            Pipeline([(pre_name, preprocess), ("cast", cast), (model_name, estimator)]),
+            initial_types=[
+                (GENDER, StringTensorType([None, 1])),
+                (AGE, DoubleTensorType([None, 1])),
+                (SALARY, DoubleTensorType([None, 1])),
+            ],
+            # Plain (n, 2) probabilities instead of a list of {class: p} maps.
+            options={id(estimator): {"zipmap": False}},
+        )
     entry = graph.metadata_props.add()
     entry.key, entry.value = ENGINE_METADATA, type(estimator).__name__
     return graph.SerializeToString()
