@@ -141,3 +141,70 @@ def test_probe_grid_spans_the_declared_bounds() -> None:
         assert grid[column].max() == bounds.maximum
         assert grid[column].between(bounds.minimum, bounds.maximum).all()
     assert set(grid["Gender"]) == set(GENDERS)
+
+
+class CountingEngine:
+    """Wraps an engine and counts its calls."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.calls = inner, 0
+        self.name, self.reason, self.estimator = inner.name, inner.reason, inner.estimator
+
+    def predict_one(self, gender: str, age: float, salary: float) -> tuple[int, float]:
+        self.calls += 1
+        return self.inner.predict_one(gender, age, salary)  # type: ignore[no-any-return]
+
+    def predict_many(self, genders: Any, ages: Any, salaries: Any) -> Any:
+        self.calls += 1
+        return self.inner.predict_many(genders, ages, salaries)
+
+
+def test_concurrent_requests_share_one_engine_call_and_each_gets_its_own_answer(
+    splits: tuple[pd.DataFrame, pd.DataFrame],
+) -> None:
+    import asyncio
+
+    from socialads.serving.engine import MicroBatcher
+
+    pipeline = fitted("gaussian_nb", {}, splits[0])
+    engine = CountingEngine(OnnxEngine(onnx_export.convert(pipeline)))
+    batcher = MicroBatcher(engine)
+    records = random_records(50, seed=3)
+    rows = list(zip(records["Gender"], records[AGE], records[SALARY], strict=True))
+
+    async def together() -> list[tuple[int, float]]:
+        return await asyncio.gather(*(batcher.predict(g, a, s) for g, a, s in rows))
+
+    answers = asyncio.run(together())
+    assert engine.calls == 1
+    expected = pipeline.predict_proba(records)
+    for (prediction, probability), p in zip(answers, expected, strict=True):
+        assert abs(probability - p[1]) <= onnx_export.TOLERANCE
+        assert prediction == int(p[1] > p[0])
+
+    async def alone() -> tuple[int, float]:
+        return await batcher.predict(*rows[0])
+
+    assert asyncio.run(alone()) == engine.inner.predict_one(*rows[0])
+
+
+def test_an_engine_failure_reaches_every_waiting_request() -> None:
+    import asyncio
+
+    from socialads.serving.engine import MicroBatcher
+
+    class Broken:
+        name, reason, estimator = "broken", None, "none"
+
+        def predict_many(self, genders: Any, ages: Any, salaries: Any) -> Any:
+            raise RuntimeError("engine down")
+
+    batcher = MicroBatcher(Broken())  # type: ignore[arg-type]
+
+    async def together() -> list[Any]:
+        return await asyncio.gather(
+            *(batcher.predict("Male", 30.0, 50_000.0) for _ in range(3)), return_exceptions=True
+        )
+
+    outcomes = asyncio.run(together())
+    assert [str(o) for o in outcomes] == ["engine down"] * 3

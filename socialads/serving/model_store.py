@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from socialads.models.registry import ChampionModel
-    from socialads.serving.engine import Engine
+    from socialads.serving.engine import Engine, MicroBatcher
     from socialads.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,13 +57,15 @@ class LoadedModel:
 
     champion: ChampionModel
     engine: Engine
+    batcher: MicroBatcher
+    """The engine behind /predict: concurrent one-record requests share its calls."""
     _heads: tuple[bytes, ...]
     _tail: bytes
 
     @classmethod
     def build(cls, champion: ChampionModel, settings: Settings) -> LoadedModel:
         """Start the champion's engine (slow: call it off the event loop)."""
-        from socialads.serving.engine import build_engine
+        from socialads.serving.engine import MicroBatcher, build_engine
 
         def pipeline() -> Any:
             if champion.pipeline is not None:
@@ -78,7 +80,7 @@ class LoadedModel:
         )
         tail = f',"model_version":{json.dumps(champion.version)}}}'.encode()
         engine = build_engine(champion.onnx, pipeline, champion.onnx_reason, settings.onnx_threads)
-        return cls(champion, engine, heads, tail)
+        return cls(champion, engine, MicroBatcher(engine), heads, tail)
 
     @property
     def version(self) -> str:
