@@ -116,14 +116,22 @@ def bare_app(style: str = "body") -> Any:
 
 
 def real_app(family: str, home: Path) -> Any:
-    """The service's app, serving a freshly fitted pipeline as version 1."""
+    """The service's app, serving a freshly fitted pipeline as version 1, with its ONNX graph
+    when the training-time check passes (as training stores it), else its Pipeline."""
     from datetime import UTC, datetime
+    from importlib import resources
 
+    import pandas as pd
+
+    from socialads.models.onnx_export import export
     from socialads.models.registry import ChampionModel
     from socialads.serving.app import create_app
     from socialads.settings import Settings
 
     pipeline = fitted_pipeline(family)
+    source = resources.files("socialads.data").joinpath("Social_Network_Ads.csv")
+    with resources.as_file(source) as path:
+        exported = export(pipeline, pd.read_csv(path))
 
     def loader(settings: Settings) -> ChampionModel:
         return ChampionModel(
@@ -134,6 +142,8 @@ def real_app(family: str, home: Path) -> Any:
             pipeline=pipeline,
             metrics={},
             loaded_at=datetime.now(UTC),
+            onnx=exported.model,
+            onnx_reason=exported.reason,
         )
 
     return create_app(Settings(SOCIALADS_HOME=str(home)), loader)
@@ -290,6 +300,10 @@ def bench_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
             wait_ready(url, proc)
         answer = post_sample(servers["real"][0])
         print(f"[{family}] real app answers {json.dumps(SAMPLE)} with {json.dumps(answer)}")
+        with urllib.request.urlopen(f"{servers['real'][0]}/model", timeout=10) as response:
+            served = json.load(response)
+        engine = served["engine"]
+        print(f"[{family}] engine {engine} ({served['estimator']}): {served['engine_reason']}")
         warm = argparse.Namespace(**vars(args) | {"duration": args.warmup})
         load(servers, ("bare", "real"), warm)  # connections, caches, first-call costs
         runs: dict[str, list[dict[str, Any]]] = {"bare": [], "real": []}
@@ -307,7 +321,7 @@ def bench_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
                         f"p99 {result['p99_ms']:6.2f} ms  errors {result['errors']}",
                         flush=True,
                     )
-    summary: dict[str, Any] = {"family": family}
+    summary: dict[str, Any] = {"family": family, "engine": engine}
     for kind, results in runs.items():
         summary[kind] = {
             key: statistics.median(r[key] for r in results)
@@ -341,7 +355,7 @@ def print_table(summaries: list[dict[str, Any]], args: argparse.Namespace) -> No
             )
         print(
             f"{'':<18} real/bare: req/s {summary['ratio']:.3f}, "
-            f"req per CPU-s {summary['ratio_cpu']:.3f}"
+            f"req per CPU-s {summary['ratio_cpu']:.3f} (engine {summary['engine']})"
         )
 
 

@@ -15,6 +15,7 @@ from socialads.data.lake import Lake
 from socialads.data.processed import read_processed
 from socialads.models.tracking import preload
 from socialads.models.training import leaderboard_markdown, search_named, track_and_register
+from socialads.serving.oneoff import refresh_cache
 from socialads.settings import CandidateName, SelectionMetric
 
 if TYPE_CHECKING:
@@ -66,7 +67,15 @@ def register(
 ) -> TrainingReport:
     """Log runs to MLflow, register the best Pipeline and move aliases by the gate."""
     report = track_and_register(settings, results, train, test, manifest, registry_lock)
-    get_run_logger().info("%s", report.decision.headline())
+    logger = get_run_logger()
+    logger.info("%s", report.decision.headline())
+    best = next(r for r in results if r.name == report.best)
+    known = {report.decision.version: best.onnx.model} if best.onnx and best.onnx.model else {}
+    try:
+        # `socialads predict` then answers from the cache on its first call.
+        refresh_cache(settings, known)
+    except Exception as exc:  # an optimisation: predict asks the registry itself otherwise
+        logger.warning("could not cache the champion for `socialads predict`: %s", exc)
     return report
 
 

@@ -172,6 +172,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024, validation_alias=_env("SOCIALADS_MAX_BODY_BYTES")
     )
+    onnx_threads: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        validation_alias=_env("SOCIALADS_ONNX_THREADS"),
+        description="Intra-op threads of each ONNX Runtime session (one record needs one).",
+    )
     require_model_at_start: bool = Field(
         default=False,
         validation_alias=_env("SOCIALADS_REQUIRE_MODEL_AT_START"),

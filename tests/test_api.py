@@ -1,7 +1,9 @@
 """The HTTP API with an injected model: contract, validation, limits, ops routes, key, reload.
 
 No MLflow here: the app gets a loader that returns a ChampionModel around a pipeline
-fitted once per module on the bundled dataset.
+fitted once per module on the bundled dataset: version 1 with its ONNX graph (served by ONNX
+Runtime), version 2 without one (as a version trained before the conversion existed: served
+by its scikit-learn Pipeline).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pytest
 
 from socialads.data.schema import AGE, BOUNDS, FEATURES, GENDER, SALARY, TARGET
 from socialads.errors import NoChampionError, RegistryError
+from socialads.models import onnx_export
 from socialads.models.registry import ChampionModel
 from socialads.serving.app import create_app
 from socialads.settings import Settings
@@ -28,7 +31,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's TestClient asks for httpx2 on import
     from fastapi.testclient import TestClient
 
-ATOL = 1e-9
+ATOL = onnx_export.TOLERANCE
 BUYER = {"Gender": "Female", "Age": 45, "EstimatedSalary": 90000}
 NON_BUYER = {"Gender": "Male", "Age": 19, "EstimatedSalary": 19000}
 API_KEY = "k3y-for-tests-only"  # pragma: allowlist secret
@@ -58,7 +61,15 @@ def pipelines(dataset: pd.DataFrame) -> dict[str, Any]:
     return {"1": _fit(dataset, "logistic_regression"), "2": _fit(dataset, "gaussian_nb")}
 
 
-def champion(pipelines: dict[str, Any], version: str) -> ChampionModel:
+@pytest.fixture(scope="module")
+def graphs(pipelines: dict[str, Any]) -> dict[str, bytes]:
+    """The ONNX graph of version 1 only."""
+    return {"1": onnx_export.convert(pipelines["1"])}
+
+
+def champion(
+    pipelines: dict[str, Any], version: str, graphs: dict[str, bytes] | None = None
+) -> ChampionModel:
     return ChampionModel(
         name="SocialNetworkAdsModel",
         version=version,
@@ -67,6 +78,7 @@ def champion(pipelines: dict[str, Any], version: str) -> ChampionModel:
         pipeline=pipelines[version],
         metrics={"holdout_f1": 0.8 + int(version) / 100, "cv_f1": 0.79},
         loaded_at=datetime.now(UTC),
+        onnx=(graphs or {}).get(version),
     )
 
 
@@ -98,11 +110,11 @@ def ready(client: TestClient) -> TestClient:
 
 @pytest.fixture(scope="module")
 def client(
-    pipelines: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+    pipelines: dict[str, Any], graphs: dict[str, bytes], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TestClient]:
-    """The app serving version 1, started (lifespan) once for the module."""
+    """The app serving version 1 on ONNX Runtime, started (lifespan) once for the module."""
     settings = make_settings(tmp_path_factory.mktemp("home"))
-    app = create_app(settings, lambda s: champion(pipelines, "1"))
+    app = create_app(settings, lambda s: champion(pipelines, "1", graphs))
     with TestClient(app) as test_client:
         yield ready(test_client)
 
@@ -286,7 +298,7 @@ def test_batch_predicts_valid_rows_and_names_the_bad_ones(
 def test_batch_single_matches_predict(client: TestClient) -> None:
     single = client.post("/predict", json=BUYER).json()
     batch = client.post("/predict/batch", json={"records": [BUYER]}).json()["results"][0]
-    assert batch["probability"] == single["probability"]
+    assert abs(batch["probability"] - single["probability"]) <= ATOL
     assert batch["prediction"] == single["prediction"]
 
 
@@ -319,8 +331,8 @@ def test_health_ready_model(client: TestClient) -> None:
     assert info["alias"] == "champion"
     assert info["run_id"] == "run-1"
     assert info["metrics"] == {"holdout_f1": 0.81, "cv_f1": 0.79}
-    assert info["family"] == "logistic_regression"
-    assert info["fast_path"] is True
+    assert (info["engine"], info["engine_reason"]) == ("onnxruntime", None)
+    assert info["estimator"] == "LogisticRegression"
     assert datetime.fromisoformat(info["loaded_at"]).tzinfo is not None
 
 
@@ -376,7 +388,7 @@ def test_metrics(client: TestClient) -> None:
         "name": "SocialNetworkAdsModel",
         "version": "1",
         "alias": "champion",
-        "family": "logistic_regression",
+        "engine": "onnxruntime",
     }
     assert value("socialads_model_info", **info) == 1
     assert value("socialads_model_ready") == 1
@@ -466,8 +478,9 @@ def test_no_key_configured_means_open(client: TestClient) -> None:
 class Registry:
     """A fake registry: serves ``version``; ``fail`` breaks loads, ``probe_fail`` the check."""
 
-    def __init__(self, pipelines: dict[str, Any]) -> None:
+    def __init__(self, pipelines: dict[str, Any], graphs: dict[str, bytes] | None = None) -> None:
         self.pipelines = pipelines
+        self.graphs = graphs
         self.version = "1"
         self.fail: Exception | None = None
         self.probe_fail: Exception | None = None
@@ -477,7 +490,7 @@ class Registry:
         self.loads += 1
         if self.fail is not None:
             raise self.fail
-        return champion(self.pipelines, self.version)
+        return champion(self.pipelines, self.version, self.graphs)
 
     def probe(self, settings: Settings) -> str | None:
         if self.probe_fail is not None:
@@ -485,11 +498,15 @@ class Registry:
         return self.version
 
 
-def test_admin_reload_swaps_to_the_new_version(pipelines: dict[str, Any], tmp_path: Path) -> None:
-    registry = Registry(pipelines)
+def test_admin_reload_swaps_to_the_new_version(
+    pipelines: dict[str, Any], graphs: dict[str, bytes], tmp_path: Path
+) -> None:
+    """Hot reload from a version on ONNX Runtime to one on its scikit-learn Pipeline."""
+    registry = Registry(pipelines, graphs)
     with TestClient(create_app(make_settings(tmp_path), registry.load)) as client:
         ready(client)
         assert client.get("/model").json()["version"] == "1"
+        assert client.get("/model").json()["engine"] == "onnxruntime"
         unchanged = client.post("/admin/reload").json()
         assert unchanged["reloaded"] is False
         registry.version = "2"
@@ -502,7 +519,10 @@ def test_admin_reload_swaps_to_the_new_version(pipelines: dict[str, Any], tmp_pa
             "detail": "now serving version 2",
         }
         info = client.get("/model").json()
-        assert (info["version"], info["family"]) == ("2", "gaussian_nb")
+        # Version 2 has no ONNX graph: the scikit-learn Pipeline serves it, and says why.
+        assert (info["version"], info["engine"]) == ("2", "sklearn")
+        assert info["estimator"] == "GaussianNB"
+        assert "no ONNX graph" in info["engine_reason"]
         answer = client.post("/predict", json=BUYER).json()
         assert answer["model_version"] == "2"
         assert abs(answer["probability"] - expected_probability(pipelines["2"], BUYER)) <= ATOL

@@ -47,7 +47,7 @@ def run(home: Path, *args: str, **env: str) -> Ran:
         "SOCIALADS_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         # Two quick families keep the module short; the full search runs in the benchmark.
-        "SOCIALADS_CANDIDATES": "gaussian_nb,knn",
+        "SOCIALADS_CANDIDATES": "gaussian_nb,logistic_regression",
         **env,
     }
     return run_cli(home, environment, *args)
@@ -69,14 +69,22 @@ def test_train_registers_a_champion_and_predict_answers(home: Path) -> None:
     trained = run(home, "train")
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "promoted version 1 to champion" in trained.stdout
-    for name in ("gaussian_nb", "knn"):
+    for name in ("gaussian_nb", "logistic_regression"):
         assert name in trained.stdout
     lake = home / "lake"
     for key in (RAW_KEY, TRAIN_KEY, SCALER_KEY, MANIFEST_KEY):
         assert (lake / key).is_file(), key
 
-    predicted = run(home, "predict", "--gender", "Female", "--age", "45", "--salary", "90000")
+    # The first call after training answers from the champion's cached ONNX graph: neither
+    # MLflow nor scikit-learn is imported (-X importtime lists every imported module).
+    predicted = run(
+        home, "predict", "--gender", "Female", "--age", "45", "--salary", "90000",
+        PYTHONPROFILEIMPORTTIME="1",
+    )  # fmt: skip
     assert predicted.returncode == 0, predicted.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in predicted.stderr.splitlines()}
+    assert "onnxruntime" in imported
+    assert not imported & {"mlflow", "sklearn", "skops"}
     answer = json.loads(predicted.stdout)
     assert answer["prediction"] == 1
     assert answer["label"] == "COMPRA"
@@ -106,13 +114,28 @@ def set_champion(home: Path, version: str) -> None:
 
 
 def test_predict_follows_the_alias_not_its_cache(home: Path) -> None:
-    """predict keeps compiled champions in a local cache; moving the alias by hand (as an
+    """predict keeps champions' ONNX graphs in a local cache; moving the alias by hand (as an
     operator could in the MLflow UI) must still change the answering version at once."""
     args = ("predict", "--gender", "Female", "--age", "45", "--salary", "90000")
     set_champion(home, "2")
     assert json.loads(run(home, *args).stdout)["model_version"] == "2"
     set_champion(home, "1")
     assert json.loads(run(home, *args).stdout)["model_version"] == "1"
+    assert json.loads(run(home, *args).stdout)["model_version"] == "1"
+
+
+def test_a_champion_without_onnx_is_served_by_its_pipeline(home: Path) -> None:
+    """KNN's ONNX graph disagrees with scikit-learn on ties: it is promoted all the same and
+    `predict` answers with its scikit-learn Pipeline, saying why."""
+    trained = run(home, "train", SOCIALADS_CANDIDATES="knn")  # holdout F1 0.867 > 0.821
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "promoted version 3" in trained.stdout
+    args = ("predict", "--gender", "Female", "--age", "45", "--salary", "90000")
+    predicted = run(home, *args)
+    assert predicted.returncode == 0, predicted.stderr
+    assert json.loads(predicted.stdout)["model_version"] == "3"
+    assert "ONNX disagrees with scikit-learn" in predicted.stderr
+    set_champion(home, "1")
 
 
 def test_corrupted_raw_file_fails_and_changes_nothing(home: Path) -> None:

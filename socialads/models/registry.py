@@ -27,6 +27,7 @@ TAG_METRIC = "promotion.metric"
 TAG_SCORE = "promotion.score"
 TAG_CHAMPION_SCORE = "promotion.champion_score"
 TAG_PREVIOUS = "promotion.previous_champion"
+TAG_ONNX_REASON = "onnx.reason"
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,44 @@ def load_version(settings: Settings, version: str) -> Pipeline:
         raise RegistryError(f"loading {uri} from {settings.mlflow_uri} failed: {exc}") from exc
 
 
+def load_onnx(
+    client: MlflowClient, settings: Settings, version: str
+) -> tuple[bytes | None, str | None]:
+    """A registered version's checked ONNX graph, or None and why there is none.
+
+    The graph is the file :data:`~socialads.models.onnx_export.ONNX_ARTIFACT` among the
+    version's model artifacts; training leaves it out when the conversion failed or
+    disagreed (reason in the version tag ``onnx.reason``), and versions registered before
+    the conversion existed have none.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import mlflow.artifacts
+
+    from socialads.models.onnx_export import ONNX_ARTIFACT
+
+    uri = f"models:/{settings.model_name}/{version}"
+    folder = ONNX_ARTIFACT.rsplit("/", 1)[0]
+    try:
+        present = any(
+            a.path == folder for a in mlflow.artifacts.list_artifacts(artifact_uri=uri)
+        ) and any(
+            a.path == ONNX_ARTIFACT
+            for a in mlflow.artifacts.list_artifacts(artifact_uri=f"{uri}/{folder}")
+        )
+        if not present:
+            tags = client.get_model_version(settings.model_name, version).tags
+            return None, tags.get(TAG_ONNX_REASON) or "no ONNX graph in this model version"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(f"{uri}/{ONNX_ARTIFACT}", dst_path=tmp)
+            return Path(path).read_bytes(), None
+    except Exception as exc:
+        raise RegistryError(
+            f"reading the ONNX graph of {uri} from {settings.mlflow_uri} failed: {exc}"
+        ) from exc
+
+
 def register_and_gate(
     client: MlflowClient,
     settings: Settings,
@@ -100,10 +139,12 @@ def register_and_gate(
     score: float,
     test: pd.DataFrame,
     lock: Callable[[], AbstractContextManager[object]] = nullcontext,
+    version_tags: dict[str, str] | None = None,
 ) -> Decision:
     """Register ``model_uri`` as a new version and move the aliases by the gate.
 
-    The current champion is re-scored on the same holdout ``test`` so both sides are
+    ``version_tags`` are set on the new version first. The current champion is
+    re-scored on the same holdout ``test`` so both sides are
     compared on equal terms. ``lock`` serialises gates across processes (the flows pass a
     Prefect global concurrency limit); in any case the champion is read again just before
     the alias moves and the gate runs again if another training moved it meanwhile.
@@ -117,6 +158,13 @@ def register_and_gate(
             f"registering the model in {settings.mlflow_uri} failed: {exc}"
         ) from exc
     version = str(version)
+    try:
+        for key, value in (version_tags or {}).items():
+            client.set_model_version_tag(settings.model_name, version, key, value)
+    except Exception as exc:
+        raise RegistryError(
+            f"tagging version {version} in {settings.mlflow_uri} failed: {exc}"
+        ) from exc
 
     with lock():
         decision = _gate_and_move(client, settings, version, run_id, score, test)
@@ -184,13 +232,18 @@ class ChampionModel:
     version: str
     alias: str
     run_id: str | None
-    pipeline: Pipeline
+    pipeline: Pipeline | None
+    """The scikit-learn Pipeline (None: loaded from the registry if it is needed)."""
     metrics: dict[str, float]
     loaded_at: datetime
+    onnx: bytes | None = None
+    """The version's checked ONNX graph, when it has one."""
+    onnx_reason: str | None = None
+    """Why the version has no ONNX graph."""
 
 
 def load_champion(settings: Settings, client: MlflowClient | None = None) -> ChampionModel:
-    """Load the Pipeline behind the champion alias with its version metadata.
+    """Load the champion's ONNX graph (when it has one), its Pipeline and its metadata.
 
     Raises :class:`NoChampionError` when no champion exists yet.
     """
@@ -203,7 +256,12 @@ def load_champion(settings: Settings, client: MlflowClient | None = None) -> Cha
             f"no {settings.champion_alias!r} model of {settings.model_name!r} in "
             f"{settings.mlflow_uri} yet; run `socialads train` first"
         )
-    pipeline = load_version(settings, str(current.version))
+    version = str(current.version)
+    onnx, reason = load_onnx(client, settings, version)
+    # The Pipeline too, even with a graph: the fallback is then ready if ONNX Runtime refuses
+    # the graph, and a long-running server pays scikit-learn's imports at its first load, not
+    # in the middle of traffic when the alias moves to a version without a graph.
+    pipeline = load_version(settings, version)
     metrics: dict[str, float] = {}
     if current.run_id:
         try:
@@ -212,10 +270,12 @@ def load_champion(settings: Settings, client: MlflowClient | None = None) -> Cha
             log.warning("could not read the metrics of run %s: %s", current.run_id, exc)
     return ChampionModel(
         name=settings.model_name,
-        version=str(current.version),
+        version=version,
         alias=settings.champion_alias,
         run_id=current.run_id,
         pipeline=pipeline,
         metrics=metrics,
         loaded_at=datetime.now(UTC),
+        onnx=onnx,
+        onnx_reason=reason,
     )

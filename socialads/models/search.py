@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
     from socialads.models.candidates import Candidate
+    from socialads.models.onnx_export import OnnxExport
 
 
 @dataclass
@@ -28,6 +29,8 @@ class CandidateResult:
     holdout: dict[str, float]
     fit_seconds: float
     confusion: list[list[int]] = field(default_factory=list)
+    onnx: OnnxExport | None = None
+    """The Pipeline's checked ONNX graph (or why there is none); set by training."""
 
     def score(self, metric: str) -> float:
         """Holdout value of ``metric``."""
@@ -88,7 +91,7 @@ def search_candidate(
     )
     with warnings.catch_warnings():
         # SVC(probability=True) is deprecated from scikit-learn 1.9 and kept until 1.11; the
-        # pinned range stays below that and the fast path reproduces its Platt scaling.
+        # pinned range stays below that (its ONNX graph reproduces the Platt scaling).
         warnings.filterwarnings(
             "ignore", message=".*`probability` parameter", category=FutureWarning
         )

@@ -174,6 +174,10 @@ def log_candidate(
             f"cv_{metric}_std": result.cv_std,
             "fit_seconds": result.fit_seconds,
         }
+        if result.onnx is not None:
+            metrics |= result.onnx.metrics()
+            if result.onnx.reason:
+                client.set_tag(run_id, "onnx.reason", result.onnx.reason[:5000])
         log_batch(client, run_id, params | lineage.as_params(), metrics)
         with tempfile.TemporaryDirectory() as tmp:
             for filename, data in _figure_bytes(result, test).items():
@@ -222,17 +226,26 @@ def start_parent_run(
 def log_best_model(
     parent_run_id: str, best: CandidateResult, train: pd.DataFrame, metric: str
 ) -> str:
-    """Log the winning Pipeline (skops format, signature, input example); returns its URI."""
+    """Log the winning Pipeline (skops format, signature, input example) with its checked
+    ONNX graph, when it has one, as an extra file of the same model; returns its URI."""
+    import tempfile
+
     import mlflow
     from mlflow.models import infer_signature
 
     from socialads.features.preprocessing import features_and_target
+    from socialads.models.onnx_export import ONNX_FILE
 
     x_train, _ = features_and_target(train)
     example = x_train.head(3)
     signature = infer_signature(example, best.pipeline.predict(example))
+    onnx = best.onnx.model if best.onnx is not None else None
     # Failures surface through training.track_and_register, which names the server.
-    with mlflow.start_run(run_id=parent_run_id):
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=parent_run_id):
+        extra_files = None
+        if onnx is not None:
+            (Path(tmp) / ONNX_FILE).write_bytes(onnx)
+            extra_files = [str(Path(tmp) / ONNX_FILE)]
         info = mlflow.sklearn.log_model(
             best.pipeline,
             name=MODEL_ARTIFACT,
@@ -242,6 +255,7 @@ def log_best_model(
             serialization_format="skops",
             skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
             metadata={"candidate": best.name, "selection_metric": metric},
+            extra_files=extra_files,
         )
     return info.model_uri
 

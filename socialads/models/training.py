@@ -91,8 +91,11 @@ def leaderboard_markdown(report: TrainingReport) -> str:
 def search_named(
     settings: Settings, name: str, train: pd.DataFrame, test: pd.DataFrame
 ) -> CandidateResult:
-    """Grid-search the candidate family ``name`` with the settings' metric, folds and seed."""
-    return search_candidate(
+    """Grid-search the candidate family ``name`` with the settings' metric, folds and seed,
+    then convert the winner to ONNX and check it (see :mod:`socialads.models.onnx_export`)."""
+    from socialads.models.onnx_export import export
+
+    result = search_candidate(
         CANDIDATES[name],
         train,
         test,
@@ -101,6 +104,10 @@ def search_named(
         random_state=settings.random_state,
         n_jobs=settings.n_jobs,
     )
+    result.onnx = export(result.pipeline, test)
+    if result.onnx.reason:
+        log.info("%s will be served by scikit-learn: %s", name, result.onnx.reason)
+    return result
 
 
 def search_all(
@@ -163,10 +170,20 @@ def _track_and_register(
             tracking.log_candidate(client, experiment_id, parent, result, test, lineage, metric)
         summary = {f"best_holdout_{k}": v for k, v in best.holdout.items()}
         summary[f"best_cv_{metric}"] = best.cv_score
+        if best.onnx is not None:
+            summary |= best.onnx.metrics()
         tracking.log_batch(client, parent, {"best_candidate": best.name}, summary)
         model_uri = tracking.log_best_model(parent, best, train, metric)
+        reason = best.onnx.reason if best.onnx is not None else "not converted to ONNX"
         decision = registry.register_and_gate(
-            client, settings, model_uri, parent, best.score(metric), test, gate_lock
+            client,
+            settings,
+            model_uri,
+            parent,
+            best.score(metric),
+            test,
+            gate_lock,
+            version_tags={registry.TAG_ONNX_REASON: reason} if reason else None,
         )
     except BaseException:
         with contextlib.suppress(Exception):  # the server may be the thing that failed

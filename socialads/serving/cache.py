@@ -1,11 +1,20 @@
-"""A local cache of compiled champions, so that `socialads predict` answers in well under 2 s.
+"""A local cache of champions' ONNX graphs, so that `socialads predict` answers in < 2 s.
 
 Loading a model through MLflow costs seconds of imports alone (MLflow, its SQL store, skops,
-all of scikit-learn). The compiled predictor of a registered version is plain numbers, so it
-is kept under ``<home>/cache`` as JSON + ``.npz`` (no pickle: nothing executable is stored)
-and keyed by tracking URI, model name and version. Which version is champion is still asked
-of the registry on every call, through a cheap query; a cache entry is only ever used for the
-version the registry names.
+scikit-learn). The champion's checked ONNX graph is one file that ONNX Runtime runs without
+any of them, so it is kept under ``<home>/cache/models/<store key>/v<version>.onnx``, keyed
+by tracking URI, model name and version (a registered version never changes).
+
+Which version is champion is still decided by the registry on every call:
+
+* an MLflow server is asked over its public REST API (``registered-models/alias``), one
+  small HTTP request;
+* the embedded SQLite store has no server, and its tables are MLflow's private business. The
+  version last read through MLflow's client is remembered together with the store file's
+  identity (inode, size, modification time) taken just *before* that read; as long as the
+  file is unchanged, nothing was written to the store since, so the alias cannot have moved.
+  Any write (a training, an alias moved with MLflow's API or UI) changes the file, and the
+  next call asks MLflow again.
 """
 
 from __future__ import annotations
@@ -13,109 +22,127 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sqlite3
+import os
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from socialads.errors import NoChampionError
 
 if TYPE_CHECKING:
-    from socialads.serving.fastpath import FastPredictor
     from socialads.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 LOOKUP_TIMEOUT = 5.0
+Identity = list[list[int]]
+"""(inode, size, mtime_ns) of the SQLite store's files; [] for a missing file."""
+
+
+def _folder(settings: Settings) -> Path:
+    key = hashlib.sha256(f"{settings.mlflow_uri}\n{settings.model_name}".encode()).hexdigest()
+    return settings.home / "cache" / "models" / key[:16]
+
+
+def _sqlite_path(settings: Settings) -> Path | None:
+    uri = settings.mlflow_uri
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def store_identity(settings: Settings) -> Identity | None:
+    """The SQLite store's identity now (None for other stores)."""
+    path = _sqlite_path(settings)
+    if path is None:
+        return None
+    identity: Identity = []
+    for file in (path, path.with_name(path.name + "-wal")):
+        try:
+            st = file.stat()
+        except FileNotFoundError:
+            identity.append([])
+            continue
+        identity.append([st.st_ino, st.st_size, st.st_mtime_ns])
+    return identity
 
 
 def champion_version_quick(settings: Settings) -> str | None:
-    """The champion's version asked cheaply (REST or read-only SQL), or None when unknown.
+    """The champion's version without MLflow's client, or None when it must be asked.
 
-    None means "ask MLflow itself" (another kind of store, or the quick query failed).
-    Raises :class:`NoChampionError` when the local store certainly has no champion.
+    Raises :class:`NoChampionError` when the store certainly has no champion.
     """
     uri = settings.mlflow_uri
+    if uri.startswith(("http://", "https://")):
+        return _version_over_rest(uri, settings.model_name, settings.champion_alias)
+    path = _sqlite_path(settings)
+    if path is None:
+        return None
+    if not path.exists():
+        raise NoChampionError(_no_champion(uri, settings.model_name, settings.champion_alias))
+    pointer = _pointer(settings)
     try:
-        if uri.startswith(("http://", "https://")):
-            return _version_over_rest(uri, settings.model_name, settings.champion_alias)
-        if uri.startswith("sqlite:///"):
-            return _version_from_sqlite(
-                Path(uri.removeprefix("sqlite:///")), settings.model_name, settings.champion_alias
-            )
-    except (OSError, ValueError, KeyError, sqlite3.Error) as exc:
-        log.debug("quick champion lookup failed: %s", exc)
-    return None
+        remembered = json.loads(pointer.read_text())
+    except (OSError, ValueError):
+        return None
+    if remembered.get("format") != FORMAT_VERSION:
+        return None
+    if remembered.get("store") != store_identity(settings):
+        return None
+    return str(remembered["version"]) if remembered.get("version") is not None else None
+
+
+def remember_champion(settings: Settings, version: str, identity: Identity | None) -> None:
+    """Record that the store, as it was at ``identity``, named ``version`` champion."""
+    if identity is None:
+        return
+    _write(
+        _pointer(settings),
+        json.dumps({"format": FORMAT_VERSION, "version": version, "store": identity}).encode(),
+    )
+
+
+def _pointer(settings: Settings) -> Path:
+    return _folder(settings) / f"alias-{settings.champion_alias}.json"
 
 
 def _version_over_rest(uri: str, name: str, alias: str) -> str | None:
+    """MLflow's public REST API; None (ask the client) on anything but a clear answer."""
     query = urllib.parse.urlencode({"name": name, "alias": alias})
     url = f"{uri.rstrip('/')}/api/2.0/mlflow/registered-models/alias?{query}"
-    with urllib.request.urlopen(url, timeout=LOOKUP_TIMEOUT) as response:
-        return str(json.load(response)["model_version"]["version"])
-
-
-def _version_from_sqlite(path: Path, name: str, alias: str) -> str | None:
-    if not path.exists():
-        raise NoChampionError(_no_champion(f"sqlite:///{path}", name, alias))
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=LOOKUP_TIMEOUT) as db:
-        row = db.execute(
-            "SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?",
-            (name, alias),
-        ).fetchone()
-    if row is None:
-        raise NoChampionError(_no_champion(f"sqlite:///{path}", name, alias))
-    return str(row[0])
+    try:
+        with urllib.request.urlopen(url, timeout=LOOKUP_TIMEOUT) as response:
+            return str(json.load(response)["model_version"]["version"])
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            raise NoChampionError(_no_champion(uri, name, alias)) from exc
+        log.debug("champion lookup over REST failed: %s", exc)
+    except (OSError, ValueError, KeyError) as exc:
+        log.debug("champion lookup over REST failed: %s", exc)
+    return None
 
 
 def _no_champion(uri: str, name: str, alias: str) -> str:
     return f"no {alias!r} model of {name!r} in {uri} yet; run `socialads train` first"
 
 
-def _entry(settings: Settings, version: str) -> Path:
-    key = hashlib.sha256(f"{settings.mlflow_uri}\n{settings.model_name}".encode()).hexdigest()
-    return settings.home / "cache" / "models" / key[:16] / f"v{version}"
-
-
-def load_cached(settings: Settings, version: str) -> FastPredictor | None:
-    """The cached compiled predictor of ``version``, or None."""
-    import numpy as np
-
-    from socialads.serving.fastpath import predictor_from_state
-
-    entry = _entry(settings, version)
-    meta, arrays = entry.with_suffix(".json"), entry.with_suffix(".npz")
-    if not (meta.exists() and arrays.exists()):
-        return None
+def load_onnx(settings: Settings, version: str) -> bytes | None:
+    """The cached ONNX graph of ``version``, or None."""
     try:
-        state = json.loads(meta.read_text())
-        if state.pop("format") != FORMAT_VERSION:
-            return None
-        with np.load(arrays, allow_pickle=False) as data:
-            return predictor_from_state(state, {k: data[k] for k in data.files})
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring the unreadable cache entry %s: %s", entry, exc)
+        return (_folder(settings) / f"v{version}.onnx").read_bytes()
+    except OSError:
         return None
 
 
-def store(settings: Settings, version: str, predictor: FastPredictor) -> bool:
-    """Cache a compiled predictor; False when its family cannot be stored as numbers."""
-    import numpy as np
+def store_onnx(settings: Settings, version: str, model: bytes) -> None:
+    """Cache the ONNX graph of ``version``."""
+    _write(_folder(settings) / f"v{version}.onnx", model)
 
-    from socialads.serving.fastpath import predictor_state
 
-    try:
-        state, arrays = predictor_state(predictor)
-    except NotImplementedError:
-        return False
-    entry = _entry(settings, version)
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    # Arrays first, metadata last: an entry without its .json is never read.
-    tmp = entry.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(entry.with_suffix(".npz"))
-    meta: dict[str, Any] = {"format": FORMAT_VERSION, **state}
-    entry.with_suffix(".json").write_text(json.dumps(meta))
-    return True
+def _write(path: Path, data: bytes) -> None:
+    """Write atomically: a reader sees the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

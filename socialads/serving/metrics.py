@@ -2,7 +2,7 @@
 
 Series: ``socialads_http_requests_total{route,method,status}``,
 ``socialads_http_request_duration_seconds{route,status}`` (histogram),
-``socialads_predictions_total{label}``, ``socialads_model_info{name,version,alias,family}``
+``socialads_predictions_total{label}``, ``socialads_model_info{name,version,alias,engine}``
 (1 for the version being served), ``socialads_model_version`` (numeric, 0 before the first
 load), ``socialads_model_ready`` and ``socialads_model_reloads_total{outcome}``.
 
@@ -177,7 +177,7 @@ class ServingMetrics:
         self._model_info = Gauge(
             "socialads_model_info",
             "1 for the model version being served.",
-            ["name", "version", "alias", "family"],
+            ["name", "version", "alias", "engine"],
             registry=reg,
             multiprocess_mode="liveall",
         )
@@ -230,4 +230,4 @@ class ServingMetrics:
 
 def _info_labels(model: LoadedModel) -> tuple[str, str, str, str]:
     champion = model.champion
-    return champion.name, champion.version, champion.alias, model.family
+    return champion.name, champion.version, champion.alias, model.engine.name

@@ -1,11 +1,12 @@
 """The model being served, and how it is (re)loaded without disturbing requests.
 
-A :class:`ModelStore` holds one :class:`LoadedModel` (the champion plus its compiled fast
-path) in a plain attribute. Request handlers read that attribute once and use what they
-got; a reload builds the next :class:`LoadedModel` completely in a worker thread (registry
-I/O, deserialisation, compilation) and only then rebinds the attribute, which is atomic in
-Python. An in-flight request therefore finishes on the model it started with, and a failed
-load leaves the previous model in place.
+A :class:`ModelStore` holds one :class:`LoadedModel` (the champion plus its engine: ONNX
+Runtime, or the scikit-learn Pipeline as fallback) in a plain attribute. Request handlers
+read that attribute once and use what they got; a reload builds the next
+:class:`LoadedModel` completely in a worker thread (registry I/O, deserialisation, the ONNX
+Runtime session) and only then rebinds the attribute, which is atomic in Python. An
+in-flight request therefore finishes on the model it started with, and a failed load leaves
+the previous model in place.
 
 A poller checks the champion alias every ``settings.reload_interval`` seconds with a cheap
 call (:func:`socialads.models.registry.champion_version`) and loads only when the alias
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from socialads.models.registry import ChampionModel
-    from socialads.serving.fastpath import FastPredictor
+    from socialads.serving.engine import Engine, MicroBatcher
     from socialads.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,34 +53,39 @@ MAX_RETRY_DELAY = 300.0
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A champion ready to serve: the compiled predictor and pre-rendered JSON pieces."""
+    """A champion ready to serve: its engine and pre-rendered JSON pieces."""
 
     champion: ChampionModel
-    predictor: FastPredictor
+    engine: Engine
+    batcher: MicroBatcher
+    """The engine behind /predict: concurrent one-record requests share its calls."""
     _heads: tuple[bytes, ...]
     _tail: bytes
 
     @classmethod
-    def build(cls, champion: ChampionModel) -> LoadedModel:
-        """Compile the champion's pipeline (slow: call it off the event loop)."""
-        from socialads.serving.fastpath import compile_pipeline
+    def build(cls, champion: ChampionModel, settings: Settings) -> LoadedModel:
+        """Start the champion's engine (slow: call it off the event loop)."""
+        from socialads.serving.engine import MicroBatcher, build_engine
+
+        def pipeline() -> Any:
+            if champion.pipeline is not None:
+                return champion.pipeline
+            from socialads.models.registry import load_version
+
+            return load_version(settings, champion.version)
 
         heads = tuple(
             f'{{"prediction":{c},"label":{json.dumps(label_for(c))},"probability":'.encode()
             for c in CLASSES
         )
         tail = f',"model_version":{json.dumps(champion.version)}}}'.encode()
-        return cls(champion, compile_pipeline(champion.pipeline), heads, tail)
+        engine = build_engine(champion.onnx, pipeline, champion.onnx_reason, settings.onnx_threads)
+        return cls(champion, engine, MicroBatcher(engine), heads, tail)
 
     @property
     def version(self) -> str:
         """The registered version."""
         return self.champion.version
-
-    @property
-    def family(self) -> str:
-        """The fast-path family (``generic`` when the pipeline could not be compiled)."""
-        return self.predictor.family
 
     def render(self, prediction: int, probability: float) -> bytes:
         """The /predict JSON body, without a serialiser (``repr`` of a float is valid JSON)."""
@@ -95,9 +101,9 @@ class LoadedModel:
             "run_id": champion.run_id,
             "metrics": dict(champion.metrics),
             "loaded_at": champion.loaded_at.isoformat(),
-            "family": self.family,
-            "fast_path": self.family != "generic",
-            "fallback_reason": getattr(self.predictor, "reason", None) or None,
+            "engine": self.engine.name,
+            "engine_reason": self.engine.reason,
+            "estimator": self.engine.estimator,
         }
 
 
@@ -179,8 +185,8 @@ class ModelStore:
 
     # -- loading ------------------------------------------------------------------------------
     def load_blocking(self) -> LoadedModel:
-        """Load and compile with the loader, in the calling thread."""
-        return LoadedModel.build(self._loader(self.settings))
+        """Load with the loader and start the engine, in the calling thread."""
+        return LoadedModel.build(self._loader(self.settings), self.settings)
 
     def install(self, model: LoadedModel) -> None:
         """Serve ``model`` from now on (one attribute rebinding: atomic for readers)."""
@@ -190,20 +196,21 @@ class ModelStore:
         if self._on_swap is not None:
             self._on_swap(previous, model)
         log.info(
-            "serving %s version %s (%s fast path)%s",
+            "serving %s version %s (%s on %s)%s",
             model.champion.name,
             model.version,
-            model.family,
+            model.engine.estimator,
+            model.engine.name,
             f", was version {previous.version}" if previous is not None else "",
         )
 
     def _fetch(self, force: bool) -> tuple[LoadedModel | None, str]:
-        """Thread body: load; compile only if the version changed (or ``force``)."""
+        """Thread body: load; start an engine only if the version changed (or ``force``)."""
         champion = self._loader(self.settings)
         current = self.current
         if current is not None and champion.version == current.version and not force:
             return None, champion.version
-        return LoadedModel.build(champion), champion.version
+        return LoadedModel.build(champion, self.settings), champion.version
 
     async def _reload_locked(self, force: bool) -> ReloadResult:
         previous = self.current

@@ -1,13 +1,20 @@
-"""One prediction from the command line, through the same loading code as the API."""
+"""One prediction from the command line, with the champion's ONNX graph when it has one.
+
+The fast path imports neither MLflow nor scikit-learn: the registry names the champion (see
+:func:`socialads.serving.cache.champion_version_quick`) and its ONNX graph comes from the
+local cache (filled when training registers a champion, or by the first call). Otherwise
+MLflow's client is asked, and what it answers is cached for the next call.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from socialads.data.schema import AGE, GENDER, SALARY, check_number, label_for, normalise_gender
-from socialads.errors import InvalidInputError
+from socialads.errors import InvalidInputError, NoChampionError
 
 if TYPE_CHECKING:
+    from socialads.serving.engine import Engine
     from socialads.settings import Settings
 
 
@@ -27,28 +34,68 @@ def validate_record(gender: Any, age: Any, salary: Any) -> tuple[str, float, flo
 
 
 def predict_one(settings: Settings, *, gender: Any, age: Any, salary: Any) -> dict[str, Any]:
-    """Validate, find the champion and predict one record.
-
-    The registry is asked which version is champion on every call; its compiled form comes
-    from the local cache when present, else from MLflow (and is cached for the next call).
-    """
+    """Validate, find the champion and predict one record."""
     from socialads.serving import cache
+    from socialads.serving.engine import OnnxEngine
 
     record = validate_record(gender, age, salary)
     version = cache.champion_version_quick(settings)
-    predictor = cache.load_cached(settings, version) if version else None
-    if predictor is None:
-        from socialads.models.registry import load_champion
-        from socialads.serving.fastpath import compile_pipeline
-
-        champion = load_champion(settings)
-        version = champion.version
-        predictor = compile_pipeline(champion.pipeline)
-        cache.store(settings, version, predictor)
-    prediction, probability = predictor.predict_one(*record)
+    model = cache.load_onnx(settings, version) if version else None
+    engine: Engine
+    if version is not None and model is not None:
+        engine = OnnxEngine(model, settings.onnx_threads)
+    else:
+        version, engine = champion_from_registry(settings)
+    prediction, probability = engine.predict_one(*record)
     return {
         "prediction": prediction,
         "label": label_for(prediction),
         "probability": round(probability, 6),
         "model_version": str(version),
     }
+
+
+def champion_from_registry(settings: Settings) -> tuple[str, Engine]:
+    """The champion's version and engine, as MLflow names it now (and cached for next time).
+
+    Raises :class:`NoChampionError` when there is no champion.
+    """
+    from socialads.models.registry import load_version
+    from socialads.serving.engine import build_engine
+
+    version, model, reason = refresh_cache(settings)
+    engine = build_engine(
+        model, lambda: load_version(settings, version), reason, settings.onnx_threads
+    )
+    return version, engine
+
+
+def refresh_cache(
+    settings: Settings, known: dict[str, bytes] | None = None
+) -> tuple[str, bytes | None, str | None]:
+    """Ask MLflow which version is champion; cache its ONNX graph and that answer.
+
+    ``known`` maps versions to ONNX graphs the caller already has (training passes the one
+    it registered). Returns (version, ONNX graph or None, why there is none).
+    """
+    from socialads.models.registry import champion_version, load_onnx
+    from socialads.models.tracking import connect
+    from socialads.serving import cache
+
+    client = connect(settings)
+    identity = cache.store_identity(settings)  # before the read: a later write invalidates it
+    current = champion_version(client, settings)
+    if current is None:
+        raise NoChampionError(
+            f"no {settings.champion_alias!r} model of {settings.model_name!r} in "
+            f"{settings.mlflow_uri} yet; run `socialads train` first"
+        )
+    version = str(current.version)
+    model = (known or {}).get(version) or cache.load_onnx(settings, version)
+    reason = None
+    if model is None:
+        model, reason = load_onnx(client, settings, version)
+    if model is not None:
+        cache.store_onnx(settings, version, model)
+    cache.remember_champion(settings, version, identity)
+    return version, model, reason

@@ -122,9 +122,13 @@ class ModelInfo(BaseModel):
     run_id: str | None
     metrics: dict[str, float]
     loaded_at: str = Field(description="UTC time the version was loaded, ISO 8601.")
-    family: str = Field(description="Compiled fast-path family, or `generic` (pipeline fallback).")
-    fast_path: bool
-    fallback_reason: str | None = None
+    engine: str = Field(
+        description="`onnxruntime` (the version's ONNX graph) or `sklearn` (Pipeline fallback)."
+    )
+    engine_reason: str | None = Field(
+        default=None, description="Why the scikit-learn fallback serves this version."
+    )
+    estimator: str = Field(description="The estimator's class, e.g. `LogisticRegression`.")
 
 
 class ReloadResponse(BaseModel):

@@ -69,7 +69,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 
 
 def load_at_start(settings: Settings) -> LoadedModel:
-    """Load and compile the champion now (raises NoChampionError / RegistryError)."""
+    """Load the champion and start its engine now (raises NoChampionError / RegistryError)."""
     from socialads.serving.model_store import ModelStore
 
     return ModelStore(settings).load_blocking()

@@ -36,7 +36,9 @@ SWAP_TIMEOUT = 30.0
 # -- the registry -------------------------------------------------------------------------------
 @dataclass
 class Registry:
-    """A local MLflow store with two logged pipelines (not registered yet)."""
+    """A local MLflow store with two logged pipelines (not registered yet): the logistic
+    regression with its ONNX graph, as training logs it; the naive Bayes without, as a model
+    logged before the conversion existed."""
 
     home: Path
     settings: Any
@@ -60,7 +62,7 @@ def registry(raw_bytes: bytes, tmp_path_factory: pytest.TempPathFactory) -> Regi
 
     from socialads.data.schema import FEATURES, TARGET
     from socialads.features.preprocessing import build_pipeline
-    from socialads.models import tracking
+    from socialads.models import onnx_export, tracking
     from socialads.models.candidates import CANDIDATES
     from socialads.settings import Settings
 
@@ -73,6 +75,11 @@ def registry(raw_bytes: bytes, tmp_path_factory: pytest.TempPathFactory) -> Regi
     for family in ("logistic_regression", "gaussian_nb"):
         pipeline = build_pipeline(CANDIDATES[family].factory(0))
         pipeline.fit(frame[list(FEATURES)], frame[TARGET])
+        extra_files = None
+        if family == "logistic_regression":
+            graph = home / onnx_export.ONNX_FILE
+            graph.write_bytes(onnx_export.convert(pipeline))
+            extra_files = [str(graph)]
         with mlflow.start_run(experiment_id=experiment_id, run_name=family):
             mlflow.log_metric("holdout_f1", 0.9 if family == "gaussian_nb" else 0.8)
             info = mlflow.sklearn.log_model(
@@ -81,6 +88,7 @@ def registry(raw_bytes: bytes, tmp_path_factory: pytest.TempPathFactory) -> Regi
                 serialization_format="skops",
                 skops_trusted_types=list(tracking.SKOPS_TRUSTED_TYPES),
                 pip_requirements=tracking.model_requirements(),
+                extra_files=extra_files,
             )
         uris[family] = info.model_uri
     return Registry(home, settings, client, uris)
@@ -236,7 +244,8 @@ def test_serves_the_champion_and_follows_the_alias_under_load(
     assert answer["prediction"] == 1
     assert answer["label"] == "COMPRA"
     assert answer["model_version"] == v1
-    assert server.get("/model").json()["family"] == "logistic_regression"
+    info = server.get("/model").json()
+    assert (info["engine"], info["estimator"]) == ("onnxruntime", "LogisticRegression")
 
     hammers = [Hammer(server.url) for _ in range(3)]
     for hammer in hammers:
@@ -260,11 +269,15 @@ def test_serves_the_champion_and_follows_the_alias_under_load(
         assert hammer.versions[0] == v1 and hammer.versions[-1] == v2
         switch = hammer.versions.index(v2)
         assert set(hammer.versions[switch:]) == {v2}, "went back to the old version"
+    # The new version has no ONNX graph: its scikit-learn Pipeline serves, saying why.
     info = server.get("/model").json()
-    assert (info["version"], info["family"]) == (v2, "gaussian_nb")
+    assert (info["version"], info["engine"], info["estimator"]) == (v2, "sklearn", "GaussianNB")
+    assert "no ONNX graph" in info["engine_reason"]
     assert info["metrics"]["holdout_f1"] == 0.9
     metrics = samples(server.get("/metrics").text)
     assert metrics[("socialads_model_version", ())] == float(v2)
+    engine_label = ("alias", "champion"), ("engine", "sklearn"), ("name", MODEL), ("version", v2)
+    assert metrics[("socialads_model_info", engine_label)] == 1
     assert metrics[("socialads_model_reloads_total", (("outcome", "loaded"),))] == 2
     print(f"alias moved → /model reported version {v2} after {swap_seconds:.1f} s")
 
