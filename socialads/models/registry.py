@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
     from sklearn.pipeline import Pipeline
 
+    from socialads.models.tracking import LoggedModel
     from socialads.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,42 +82,68 @@ def champion_version(client: MlflowClient, settings: Settings) -> ModelVersion |
         ) from exc
 
 
-def load_version(settings: Settings, version: str) -> Pipeline:
+def load_version(client: MlflowClient, settings: Settings, version: str) -> Pipeline:
     """Load a registered version's Pipeline (skops format: no arbitrary pickle)."""
+    import tempfile
+
+    import mlflow.artifacts
     import mlflow.sklearn
 
     uri = f"models:/{settings.model_name}/{version}"
     try:
-        return mlflow.sklearn.load_model(uri)
+        # Resolved by the client: MLflow resolves models:/ URIs through its global registry.
+        location = client.get_model_version_download_uri(settings.model_name, version)
+        with tempfile.TemporaryDirectory(prefix="socialads-model-") as tmp:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=location, dst_path=tmp, tracking_uri=settings.mlflow_uri
+            )
+            return mlflow.sklearn.load_model(local)
     except Exception as exc:
         raise RegistryError(f"loading {uri} from {settings.mlflow_uri} failed: {exc}") from exc
+
+
+def register_version(
+    client: MlflowClient, settings: Settings, model: LoggedModel, run_id: str
+) -> str:
+    """Register the logged ``model`` as a new version of the settings' model; its number."""
+    from mlflow.exceptions import MlflowException
+
+    from socialads.models.tracking import global_tracking_uri
+
+    try:
+        client.create_registered_model(settings.model_name)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    with global_tracking_uri(settings.mlflow_uri):
+        created = client.create_model_version(
+            settings.model_name, model.uri, run_id=run_id, model_id=model.model_id
+        )
+    return str(created.version)
 
 
 def register_and_gate(
     client: MlflowClient,
     settings: Settings,
-    model_uri: str,
+    model: LoggedModel,
     run_id: str,
     score: float,
     test: pd.DataFrame,
     lock: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> Decision:
-    """Register ``model_uri`` as a new version and move the aliases by the gate.
+    """Register ``model`` as a new version and move the aliases by the gate.
 
     The current champion is re-scored on the same holdout ``test`` so both sides are
     compared on equal terms. ``lock`` serialises gates across processes (the flows pass a
     Prefect global concurrency limit); in any case the champion is read again just before
     the alias moves and the gate runs again if another training moved it meanwhile.
     """
-    import mlflow
-
     try:
-        version = mlflow.register_model(model_uri, settings.model_name).version
+        version = register_version(client, settings, model, run_id)
     except Exception as exc:
         raise RegistryError(
             f"registering the model in {settings.mlflow_uri} failed: {exc}"
         ) from exc
-    version = str(version)
 
     with lock():
         decision = _gate_and_move(client, settings, version, run_id, score, test)
@@ -141,7 +168,7 @@ def _gate_and_move(
         current_v = str(current.version) if current is not None else None
         champion_score: float | None = None
         if current_v is not None and current_v not in scored:
-            scored[current_v] = evaluate(load_version(settings, current_v), test)[0][metric]
+            scored[current_v] = evaluate(load_version(client, settings, current_v), test)[0][metric]
         if current_v is not None:
             champion_score = scored[current_v]
         promote, reason = gate(score, champion_score, metric)
@@ -203,7 +230,7 @@ def load_champion(settings: Settings, client: MlflowClient | None = None) -> Cha
             f"no {settings.champion_alias!r} model of {settings.model_name!r} in "
             f"{settings.mlflow_uri} yet; run `socialads train` first"
         )
-    pipeline = load_version(settings, str(current.version))
+    pipeline = load_version(client, settings, str(current.version))
     metrics: dict[str, float] = {}
     if current.run_id:
         try:

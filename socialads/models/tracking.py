@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
-import os
 import subprocess
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +39,14 @@ SKOPS_TRUSTED_TYPES = (
 )
 
 
+@dataclass(frozen=True)
+class LoggedModel:
+    """Where :func:`log_best_model` put the model: its ``models:/`` URI and MLflow model id."""
+
+    uri: str
+    model_id: str
+
+
 def model_requirements() -> list[str]:
     """Pinned requirements of the model artifact, from this environment."""
     return [f"{name}=={metadata.version(name)}" for name in MODEL_REQUIREMENTS]
@@ -58,21 +68,14 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-_preloads: dict[str, threading.Thread] = {}
-"""Preload thread of each tracking URI started in this process."""
-
-
 def preload(settings: Settings) -> threading.Thread:
     """Import MLflow, skops and matplotlib and open the tracking store in a background thread.
 
     Those imports cost ~10 s on a small machine; the CV search that runs meanwhile spends most
     of its time in scikit-learn code that releases the GIL, so the two overlap. Failures here
-    are only logged: the same calls run again, in the foreground, when they are needed. Once
-    per process and tracking store (the pipeline flow and its train subflow both ask).
+    are only logged: the same calls run again, in the foreground, when they are needed. The
+    caller (a flow's entry) starts it and may join the returned thread; nothing is kept here.
     """
-    started = _preloads.get(settings.mlflow_uri)
-    if started is not None:
-        return started
 
     def work() -> None:
         try:
@@ -88,24 +91,51 @@ def preload(settings: Settings) -> threading.Thread:
             log.debug("background preload failed: %s", exc)
 
     thread = threading.Thread(target=work, name="socialads-preload", daemon=True)
-    _preloads[settings.mlflow_uri] = thread
     thread.start()
     return thread
 
 
+def http_environment(settings: Settings) -> dict[str, str]:
+    """MLflow's HTTP retry policy, which MLflow reads from the environment only: the edges
+    (CLI, API server) export it before the first request."""
+    return {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(settings.mlflow_http_retries),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    }
+
+
 def connect(settings: Settings) -> MlflowClient:
-    """Point MLflow at the configured tracking server or local store and return a client."""
-    import mlflow
+    """A client of the configured tracking server or local store (MLflow's globals untouched)."""
     from mlflow import MlflowClient
 
     if settings.tracking_uri is None:
         (settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
-    # MLflow reads its HTTP retry policy from the environment only.
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(settings.mlflow_http_retries)
-    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
-    mlflow.set_tracking_uri(settings.mlflow_uri)
-    mlflow.set_registry_uri(settings.mlflow_uri)
     return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+
+
+@contextlib.contextmanager
+def global_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's global tracking URI at ``uri`` for the calls inside, then restore it and
+    the MLFLOW_TRACKING_URI variable (which ``mlflow.set_tracking_uri`` exports).
+
+    Only where MLflow offers no explicit URI: ``mlflow.<flavor>.log_model``, and the local
+    registry store, which looks ``models:/<model id>`` sources up through the global URI.
+    Everything else goes through an explicit client.
+    """
+    import mlflow
+    from mlflow.environment_variables import MLFLOW_TRACKING_URI
+
+    exported = MLFLOW_TRACKING_URI.get_raw() if MLFLOW_TRACKING_URI.defined else None
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if exported is None:
+            MLFLOW_TRACKING_URI.unset()
+        else:
+            MLFLOW_TRACKING_URI.set(exported)
 
 
 def ensure_experiment(client: MlflowClient, settings: Settings) -> str:
@@ -220,9 +250,13 @@ def start_parent_run(
 
 
 def log_best_model(
-    parent_run_id: str, best: CandidateResult, train: pd.DataFrame, metric: str
-) -> str:
-    """Log the winning Pipeline (skops format, signature, input example); returns its URI."""
+    settings: Settings,
+    parent_run_id: str,
+    best: CandidateResult,
+    train: pd.DataFrame,
+    metric: str,
+) -> LoggedModel:
+    """Log the winning Pipeline (skops format, signature, input example) to the run."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -232,7 +266,7 @@ def log_best_model(
     example = x_train.head(3)
     signature = infer_signature(example, best.pipeline.predict(example))
     # Failures surface through training.track_and_register, which names the server.
-    with mlflow.start_run(run_id=parent_run_id):
+    with global_tracking_uri(settings.mlflow_uri), mlflow.start_run(run_id=parent_run_id):
         info = mlflow.sklearn.log_model(
             best.pipeline,
             name=MODEL_ARTIFACT,
@@ -243,7 +277,7 @@ def log_best_model(
             skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
             metadata={"candidate": best.name, "selection_metric": metric},
         )
-    return info.model_uri
+    return LoggedModel(uri=info.model_uri, model_id=info.model_id)
 
 
 def finish_run(client: MlflowClient, run_id: str, *, failed: bool = False) -> None:

@@ -164,9 +164,9 @@ def _track_and_register(
         summary = {f"best_holdout_{k}": v for k, v in best.holdout.items()}
         summary[f"best_cv_{metric}"] = best.cv_score
         tracking.log_batch(client, parent, {"best_candidate": best.name}, summary)
-        model_uri = tracking.log_best_model(parent, best, train, metric)
+        model = tracking.log_best_model(settings, parent, best, train, metric)
         decision = registry.register_and_gate(
-            client, settings, model_uri, parent, best.score(metric), test, gate_lock
+            client, settings, model, parent, best.score(metric), test, gate_lock
         )
     except BaseException:
         with contextlib.suppress(Exception):  # the server may be the thing that failed
@@ -179,5 +179,5 @@ def _track_and_register(
         best=best.name,
         decision=decision,
         run_id=parent,
-        model_uri=model_uri,
+        model_uri=model.uri,
     )

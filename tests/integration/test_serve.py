@@ -47,7 +47,10 @@ class Registry:
         """Register the logged pipeline of ``family`` under ``model_name``; its version."""
         import mlflow
 
-        return str(mlflow.register_model(self.model_uris[family], model_name).version)
+        from socialads.models.tracking import global_tracking_uri
+
+        with global_tracking_uri(self.settings.mlflow_uri):
+            return str(mlflow.register_model(self.model_uris[family], model_name).version)
 
     def set_champion(self, model_name: str, version: str) -> None:
         self.client.set_registered_model_alias(model_name, "champion", version)
@@ -73,7 +76,10 @@ def registry(raw_bytes: bytes, tmp_path_factory: pytest.TempPathFactory) -> Regi
     for family in ("logistic_regression", "gaussian_nb"):
         pipeline = build_pipeline(CANDIDATES[family].factory(0))
         pipeline.fit(frame[list(FEATURES)], frame[TARGET])
-        with mlflow.start_run(experiment_id=experiment_id, run_name=family):
+        with (
+            tracking.global_tracking_uri(settings.mlflow_uri),
+            mlflow.start_run(experiment_id=experiment_id, run_name=family),
+        ):
             mlflow.log_metric("holdout_f1", 0.9 if family == "gaussian_nb" else 0.8)
             info = mlflow.sklearn.log_model(
                 pipeline,
