@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import flow_settings, retry_transient
+from flows.common import LAKE_IO, flow_settings
 from socialads.data.lake import RAW_KEY, Lake, sha256
 from socialads.data.processed import Manifest, write_processed
 from socialads.data.validation import load_and_validate
@@ -18,15 +18,8 @@ if TYPE_CHECKING:
 
     from socialads.settings import Settings
 
-IO = {
-    "retries": 2,
-    "retry_delay_seconds": 2,
-    "retry_condition_fn": retry_transient,
-    "cache_policy": NO_CACHE,
-}
 
-
-@task(name="ingest-raw", **IO)
+@task(name="ingest-raw", **LAKE_IO)
 def ingest_raw(lake: Lake) -> bytes:
     """Put the bundled dataset in the lake if the raw file is missing, then read it."""
     logger = get_run_logger()
@@ -57,7 +50,7 @@ def split_data(
     return train, test
 
 
-@task(name="write-processed", **IO)
+@task(name="write-processed", **LAKE_IO)
 def write_outputs(
     lake: Lake,
     raw: bytes,
