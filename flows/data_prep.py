@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import LAKE_IO, flow_settings
-from socialads.data.lake import RAW_KEY, Lake, sha256
+from socialads.data.lake import MANIFEST_KEY, PROCESSED, RAW_KEY, Lake, sha256
 from socialads.data.processed import Manifest, write_processed
 from socialads.data.validation import load_and_validate
 from socialads.features.preprocessing import fit_scaler, split
@@ -59,7 +59,8 @@ def write_outputs(
     test: pd.DataFrame,
     settings: Settings,
 ) -> Manifest:
-    """Fit the scaler and write splits, scaler and manifest to the lake."""
+    """Fit the scaler, write splits and scaler under a new run prefix, then switch the
+    manifest to it (readers keep the previous run until then)."""
     manifest = write_processed(
         lake,
         raw_sha256=sha256(raw),
@@ -69,8 +70,13 @@ def write_outputs(
         scaler=fit_scaler(train),
         test_size=settings.test_size,
         random_state=settings.random_state,
+        keep=settings.processed_keep,
     )
-    get_run_logger().info("wrote processed/ splits, artifacts/scaler.joblib and the manifest")
+    get_run_logger().info(
+        "wrote the splits and the scaler under %s and pointed %s at them",
+        lake.uri(f"{PROCESSED}/{manifest.run_id}/"),
+        MANIFEST_KEY,
+    )
     return manifest
 
 

@@ -44,7 +44,7 @@ def build_deployments(settings: Settings, cron: str | None = None) -> list[Runne
         data_prep_flow.to_deployment(
             DEPLOYMENT_NAME,
             parameters=prep,
-            description="Ingest, validate, split and scale; writes processed/ and the scaler.",
+            description="Ingest, validate, split and scale; publishes a new processed/<run>/.",
             **common,
         ),
         train_flow.to_deployment(

@@ -92,6 +92,14 @@ class Settings(BaseSettings):
         validation_alias=_env("SOCIALADS_S3_REGION", "AWS_DEFAULT_REGION"),
         description="S3 region; MinIO and most stand-ins need none.",
     )
+    processed_keep: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        validation_alias=_env("SOCIALADS_PROCESSED_KEEP"),
+        description="Data-prep runs kept under the lake's processed/ (the current one "
+        "included), for lineage; older ones are removed after each run.",
+    )
     io_retries: int = Field(
         default=3,
         ge=0,
