@@ -45,12 +45,17 @@ class Registry:
 
     def register(self, model_name: str, family: str) -> str:
         """Register the logged pipeline of ``family`` under ``model_name``; its version."""
-        import mlflow
+        from socialads.models.registry import register_version
+        from socialads.models.tracking import LoggedModel
 
-        from socialads.models.tracking import global_tracking_uri
-
-        with global_tracking_uri(self.settings.mlflow_uri):
-            return str(mlflow.register_model(self.model_uris[family], model_name).version)
+        model_id = self.model_uris[family].removeprefix("models:/")
+        run_id = self.client.get_logged_model(model_id).source_run_id
+        return register_version(
+            self.client,
+            self.settings.model_copy(update={"model_name": model_name}),
+            LoggedModel(uri=self.model_uris[family], model_id=model_id),
+            run_id,
+        )
 
     def set_champion(self, model_name: str, version: str) -> None:
         self.client.set_registered_model_alias(model_name, "champion", version)
