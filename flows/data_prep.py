@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -90,7 +90,9 @@ def run_data_prep(settings: Settings) -> Manifest:
 
 
 @flow(name="data-prep", log_prints=True)
-def data_prep_flow(test_size: float | None = None, random_state: int | None = None) -> dict:
+def data_prep_flow(
+    test_size: float | None = None, random_state: int | None = None
+) -> dict[str, Any]:
     """Ingest the raw CSV from the lake, validate it, split it and write the results back.
 
     Parameters left empty take their value from the settings (SOCIALADS_TEST_SIZE, ...).

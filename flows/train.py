@@ -34,7 +34,7 @@ def load_processed(lake: Lake) -> tuple[pd.DataFrame, pd.DataFrame, Manifest]:
 
 @task(name="search", task_run_name="search-{name}", cache_policy=NO_CACHE)
 def search(
-    name: str, train: pd.DataFrame, test: pd.DataFrame, settings: Settings
+    name: CandidateName, train: pd.DataFrame, test: pd.DataFrame, settings: Settings
 ) -> CandidateResult:
     """Grid-search one candidate with stratified k-fold CV; evaluate on the holdout."""
     result = search_named(settings, name, train, test)

@@ -199,7 +199,7 @@ def train(
     the new version beats the current champion on the same holdout.
     """
     state = _state(ctx)
-    overrides = {
+    overrides: dict[str, Any] = {
         "test_size": test_size,
         "random_state": random_state,
         "selection_metric": metric,
@@ -221,7 +221,7 @@ def train(
             _quiet_prefect_tracebacks()
         # With --json, stdout carries the report only: MLflow prints run URLs to stdout.
         with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-            result = pipeline_flow(**overrides)
+            result: dict[str, Any] = pipeline_flow(**overrides)
         result["seconds"] = round(time.perf_counter() - started, 1)
         return result
 

@@ -26,7 +26,7 @@ SelectionMetric = Literal["f1", "accuracy", "precision", "recall", "roc_auc"]
 CandidateName = Literal[
     "logistic_regression", "gaussian_nb", "knn", "svm_rbf", "random_forest", "gradient_boosting"
 ]
-CANDIDATE_NAMES: tuple[str, ...] = get_args(CandidateName)
+CANDIDATE_NAMES: tuple[CandidateName, ...] = get_args(CandidateName)
 
 
 def _env(*names: str) -> AliasChoices:

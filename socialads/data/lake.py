@@ -103,7 +103,7 @@ class Lake:
         import fsspec
 
         _, path = fsspec.core.url_to_fs(self.url, **self.storage_options)
-        return path.rstrip("/")
+        return str(path).rstrip("/")
 
     def path(self, key: str) -> str:
         """Filesystem path of a lake key."""
@@ -152,11 +152,11 @@ class Lake:
     # -- operations ------------------------------------------------------------------------
     def exists(self, key: str) -> bool:
         """True when the key is present."""
-        return self._call(f"checking {key}", lambda: self.fs.exists(self.path(key)))
+        return bool(self._call(f"checking {key}", lambda: self.fs.exists(self.path(key))))
 
     def read_bytes(self, key: str) -> bytes:
         """The content of a key."""
-        return self._call(f"reading {key}", lambda: self.fs.cat_file(self.path(key)))
+        return bytes(self._call(f"reading {key}", lambda: self.fs.cat_file(self.path(key))))
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write a key so that readers see the old or the new content, never a part.

@@ -93,7 +93,8 @@ class Manifest:
 
 def frame_to_csv(frame: pd.DataFrame) -> bytes:
     """Deterministic CSV bytes of a frame (no index)."""
-    return frame.to_csv(index=False, lineterminator="\n").encode()
+    text: str = frame.to_csv(index=False, lineterminator="\n")
+    return text.encode()
 
 
 def write_processed(

@@ -96,8 +96,8 @@ def preload(settings: Settings) -> threading.Thread:
 
 
 def http_environment(settings: Settings) -> dict[str, str]:
-    """MLflow's HTTP retry policy, which MLflow reads from the environment only: the edges
-    (CLI, API server) export it before the first request."""
+    """MLflow's HTTP retry policy, which MLflow reads from the environment only: the CLI
+    exports it at start (the API server, its workers and flow runs inherit it)."""
     return {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(settings.mlflow_http_retries),
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -125,7 +125,9 @@ def global_tracking_uri(uri: str) -> Iterator[None]:
     import mlflow
     from mlflow.environment_variables import MLFLOW_TRACKING_URI
 
-    exported = MLFLOW_TRACKING_URI.get_raw() if MLFLOW_TRACKING_URI.defined else None
+    # MLflow's environment-variable helpers carry no annotations.
+    variable: Any = MLFLOW_TRACKING_URI
+    exported = variable.get_raw() if variable.defined else None
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
@@ -133,9 +135,9 @@ def global_tracking_uri(uri: str) -> Iterator[None]:
     finally:
         mlflow.set_tracking_uri(previous)
         if exported is None:
-            MLFLOW_TRACKING_URI.unset()
+            variable.unset()
         else:
-            MLFLOW_TRACKING_URI.set(exported)
+            variable.set(exported)
 
 
 def ensure_experiment(client: MlflowClient, settings: Settings) -> str:
@@ -213,7 +215,7 @@ def log_candidate(
     except Exception:
         client.set_terminated(run_id, "FAILED")
         raise
-    return run_id
+    return str(run_id)
 
 
 def log_batch(
@@ -246,7 +248,7 @@ def start_parent_run(
         "candidates": ",".join(settings.candidates),
     }
     log_batch(client, run.info.run_id, params, {})
-    return run.info.run_id
+    return str(run.info.run_id)
 
 
 def log_best_model(

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from socialads.data.processed import Manifest
     from socialads.models.registry import Decision
-    from socialads.settings import Settings
+    from socialads.settings import CandidateName, Settings
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def leaderboard_markdown(report: TrainingReport) -> str:
 
 
 def search_named(
-    settings: Settings, name: str, train: pd.DataFrame, test: pd.DataFrame
+    settings: Settings, name: CandidateName, train: pd.DataFrame, test: pd.DataFrame
 ) -> CandidateResult:
     """Grid-search the candidate family ``name`` with the settings' metric, folds and seed."""
     return search_candidate(
