@@ -83,6 +83,7 @@ def test_train_in_one_folder_serve_and_predict_from_another(
     first.mkdir()
     trained = run_cli(first, env, "train")
     assert trained.returncode == 0, trained.describe()
+    assert "Warning" not in trained.stderr, "a third-party warning reached the terminal"
 
     assert not (first / "mlruns").exists(), "MLflow wrote into the working folder"
     assert sorted(p.name for p in first.iterdir()) == [], "train left files in its folder"
