@@ -213,6 +213,9 @@ def train(
 
     def body() -> dict[str, Any]:
         started = time.perf_counter()
+        from socialads.models.tracking import preload
+
+        preload(checked)  # MLflow's imports overlap with Prefect's start, data-prep and search
         api = _start_prefect(state)
         _say(f"Prefect API: {api}")
         from flows.pipeline import pipeline_flow

@@ -73,8 +73,10 @@ def preload(settings: Settings) -> threading.Thread:
 
     Those imports cost ~10 s on a small machine; the CV search that runs meanwhile spends most
     of its time in scikit-learn code that releases the GIL, so the two overlap. Failures here
-    are only logged: the same calls run again, in the foreground, when they are needed. The
-    caller (a flow's entry) starts it and may join the returned thread; nothing is kept here.
+    are only logged: the same calls run again, in the foreground, when they are needed.
+    Started by the edges (the CLI's train, the train flow's entry for deployment runs) and
+    kept nowhere; a second call in the same process finds the modules imported and costs one
+    query of the store.
     """
 
     def work() -> None:
