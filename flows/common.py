@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect.cache_policies import NO_CACHE
+
 from socialads.errors import LakeError
-from socialads.settings import Settings, env_names, load_settings
+from socialads.settings import Settings, settings_with
 
 
 def flow_settings(**overrides: Any) -> Settings:
     """The flow's settings: environment and ``.env``, with the flow's non-null parameters."""
-    given = {env_names(key)[0]: value for key, value in overrides.items() if value is not None}
-    return load_settings(**given)
+    return settings_with(**overrides)
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -23,3 +24,12 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     except Exception:
         return False
     return False
+
+
+LAKE_IO: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": 2,
+    "retry_condition_fn": retry_transient,
+    "cache_policy": NO_CACHE,
+}
+"""Options of every task that reads or writes the lake: Prefect retries transient failures."""

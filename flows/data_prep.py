@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import flow_settings, retry_transient
-from socialads.data.lake import RAW_KEY, Lake, sha256
+from flows.common import LAKE_IO, flow_settings
+from socialads.data.lake import MANIFEST_KEY, PROCESSED, RAW_KEY, Lake, sha256
 from socialads.data.processed import Manifest, write_processed
 from socialads.data.validation import load_and_validate
 from socialads.features.preprocessing import fit_scaler, split
@@ -18,15 +18,8 @@ if TYPE_CHECKING:
 
     from socialads.settings import Settings
 
-IO = {
-    "retries": 2,
-    "retry_delay_seconds": 2,
-    "retry_condition_fn": retry_transient,
-    "cache_policy": NO_CACHE,
-}
 
-
-@task(name="ingest-raw", **IO)
+@task(name="ingest-raw", **LAKE_IO)
 def ingest_raw(lake: Lake) -> bytes:
     """Put the bundled dataset in the lake if the raw file is missing, then read it."""
     logger = get_run_logger()
@@ -57,7 +50,7 @@ def split_data(
     return train, test
 
 
-@task(name="write-processed", **IO)
+@task(name="write-processed", **LAKE_IO)
 def write_outputs(
     lake: Lake,
     raw: bytes,
@@ -66,7 +59,8 @@ def write_outputs(
     test: pd.DataFrame,
     settings: Settings,
 ) -> Manifest:
-    """Fit the scaler and write splits, scaler and manifest to the lake."""
+    """Fit the scaler, write splits and scaler under a new run prefix, then switch the
+    manifest to it (readers keep the previous run until then)."""
     manifest = write_processed(
         lake,
         raw_sha256=sha256(raw),
@@ -76,8 +70,13 @@ def write_outputs(
         scaler=fit_scaler(train),
         test_size=settings.test_size,
         random_state=settings.random_state,
+        keep=settings.processed_keep,
     )
-    get_run_logger().info("wrote processed/ splits, artifacts/scaler.joblib and the manifest")
+    get_run_logger().info(
+        "wrote the splits and the scaler under %s and pointed %s at them",
+        lake.uri(f"{PROCESSED}/{manifest.run_id}/"),
+        MANIFEST_KEY,
+    )
     return manifest
 
 
@@ -91,7 +90,9 @@ def run_data_prep(settings: Settings) -> Manifest:
 
 
 @flow(name="data-prep", log_prints=True)
-def data_prep_flow(test_size: float | None = None, random_state: int | None = None) -> dict:
+def data_prep_flow(
+    test_size: float | None = None, random_state: int | None = None
+) -> dict[str, Any]:
     """Ingest the raw CSV from the lake, validate it, split it and write the results back.
 
     Parameters left empty take their value from the settings (SOCIALADS_TEST_SIZE, ...).

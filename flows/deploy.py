@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from prefect import serve
-from prefect.deployments.runner import EntrypointType
+from prefect.types.entrypoint import EntrypointType
 
 from flows.data_prep import data_prep_flow
 from flows.pipeline import pipeline_flow
@@ -33,7 +33,8 @@ def build_deployments(settings: Settings, cron: str | None = None) -> list[Runne
         "entrypoint_type": EntrypointType.MODULE_PATH,
         "version": _version(),
     }
-    return [
+    # to_deployment is sync here (called outside an event loop); its annotation says both.
+    deployments = [
         pipeline_flow.to_deployment(
             DEPLOYMENT_NAME,
             cron=cron,
@@ -44,7 +45,7 @@ def build_deployments(settings: Settings, cron: str | None = None) -> list[Runne
         data_prep_flow.to_deployment(
             DEPLOYMENT_NAME,
             parameters=prep,
-            description="Ingest, validate, split and scale; writes processed/ and the scaler.",
+            description="Ingest, validate, split and scale; publishes a new processed/<run>/.",
             **common,
         ),
         train_flow.to_deployment(
@@ -54,6 +55,7 @@ def build_deployments(settings: Settings, cron: str | None = None) -> list[Runne
             **common,
         ),
     ]
+    return [cast("RunnerDeployment", deployment) for deployment in deployments]
 
 
 def _version() -> str:

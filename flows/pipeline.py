@@ -6,10 +6,8 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import flow_settings
 from flows.data_prep import data_prep_flow
 from flows.train import train_flow
-from socialads.models.tracking import preload
 from socialads.settings import CandidateName, SelectionMetric
 
 
@@ -25,7 +23,6 @@ def pipeline_flow(
 
     Empty parameters take their value from the settings (SOCIALADS_*).
     """
-    preload(flow_settings())  # MLflow's imports overlap with data-prep and the search
     manifest = data_prep_flow(test_size=test_size, random_state=random_state)
     report = train_flow(selection_metric=selection_metric, candidates=candidates, cv_folds=cv_folds)
     return {"data_prep": manifest, "train": report}

@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import flow_settings, retry_transient
+from flows.common import LAKE_IO, flow_settings
 from socialads.data.lake import Lake
 from socialads.data.processed import read_processed
 from socialads.models.tracking import preload
@@ -27,13 +27,7 @@ if TYPE_CHECKING:
     from socialads.settings import Settings
 
 
-@task(
-    name="load-processed",
-    retries=2,
-    retry_delay_seconds=2,
-    retry_condition_fn=retry_transient,
-    cache_policy=NO_CACHE,
-)
+@task(name="load-processed", **LAKE_IO)
 def load_processed(lake: Lake) -> tuple[pd.DataFrame, pd.DataFrame, Manifest]:
     """Read the processed splits named by the data-prep manifest."""
     return read_processed(lake)
@@ -41,7 +35,7 @@ def load_processed(lake: Lake) -> tuple[pd.DataFrame, pd.DataFrame, Manifest]:
 
 @task(name="search", task_run_name="search-{name}", cache_policy=NO_CACHE)
 def search(
-    name: str, train: pd.DataFrame, test: pd.DataFrame, settings: Settings
+    name: CandidateName, train: pd.DataFrame, test: pd.DataFrame, settings: Settings
 ) -> CandidateResult:
     """Grid-search one candidate with stratified k-fold CV; evaluate on the holdout."""
     result = search_named(settings, name, train, test)
@@ -97,7 +91,6 @@ def registry_lock() -> Iterator[None]:
 
 def run_training(settings: Settings) -> TrainingReport:
     """Training steps as tasks, for use inside any flow."""
-    preload(settings)
     train, test, manifest = load_processed(Lake.from_settings(settings))
     results = [search(name, train, test, settings) for name in settings.candidates]
     report = register(settings, results, train, test, manifest)
@@ -122,4 +115,5 @@ def train_flow(
     settings = flow_settings(
         selection_metric=selection_metric, candidates=candidates, cv_folds=cv_folds
     )
+    preload(settings)  # MLflow's imports overlap with the search
     return run_training(settings).as_dict()

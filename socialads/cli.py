@@ -9,16 +9,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import sys
 import time
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from socialads.errors import SocialAdsError
+from socialads.settings import SelectionMetric, closed_bounds
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -46,16 +47,6 @@ local_app = typer.Typer(
 )
 app.add_typer(lake_app, name="lake")
 app.add_typer(local_app, name="local")
-
-
-class Metric(StrEnum):
-    """Selection metrics offered on the command line."""
-
-    f1 = "f1"
-    accuracy = "accuracy"
-    precision = "precision"
-    recall = "recall"
-    roc_auc = "roc_auc"
 
 
 @dataclass
@@ -113,14 +104,33 @@ def main_callback(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not verbose:
-        import warnings
-
-        warnings.filterwarnings("ignore")
+        _hide_known_warnings()
     try:
         settings = load_settings()
     except ValidationError as exc:
         _fail(f"invalid settings: {describe_problems(exc)}", 2)
+    from socialads.models.tracking import http_environment
+
+    # This process and its children (uvicorn workers, Prefect runs) ask MLflow with our policy.
+    os.environ.update(http_environment(settings))
     ctx.obj = State(settings=settings, verbose=verbose)
+
+
+def _hide_known_warnings() -> None:
+    """Hide the third-party warnings a person running socialads can do nothing about (each
+    named by its message, so a new warning still shows); --verbose shows them all."""
+    import warnings
+
+    for message, category in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
+KNOWN_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    # urllib3 (under Prefect's and MLflow's clients) on import: socks proxies are not used.
+    ("SOCKS support in urllib3 requires", Warning),
+    # MLflow on the model signature: Age and EstimatedSalary arrive as numbers, never missing.
+    ("Hint: Inferred schema contains integer column", UserWarning),
+)
 
 
 class _OneLine(logging.Filter):
@@ -152,7 +162,7 @@ def _start_prefect(state: State) -> str:
 def train(
     ctx: typer.Context,
     metric: Annotated[
-        Metric | None,
+        SelectionMetric | None,
         typer.Option(help="Selection metric. (env SOCIALADS_SELECTION_METRIC, default f1)"),
     ] = None,
     candidates: Annotated[
@@ -165,7 +175,8 @@ def train(
     test_size: Annotated[
         float | None,
         typer.Option(
-            min=0.05, max=0.5, help="Holdout share. (env SOCIALADS_TEST_SIZE, default 0.2)"
+            **closed_bounds("test_size"),
+            help="Holdout share. (env SOCIALADS_TEST_SIZE, default 0.2)",
         ),
     ] = None,
     random_state: Annotated[
@@ -174,7 +185,8 @@ def train(
     cv_folds: Annotated[
         int | None,
         typer.Option(
-            min=2, max=20, help="Stratified CV folds. (env SOCIALADS_CV_FOLDS, default 5)"
+            **closed_bounds("cv_folds"),
+            help="Stratified CV folds. (env SOCIALADS_CV_FOLDS, default 5)",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -187,28 +199,23 @@ def train(
     the new version beats the current champion on the same holdout.
     """
     state = _state(ctx)
-    overrides = {
+    overrides: dict[str, Any] = {
         "test_size": test_size,
         "random_state": random_state,
-        "selection_metric": metric.value if metric else None,
+        "selection_metric": metric,
         "candidates": candidates,
         "cv_folds": cv_folds,
     }
 
-    from pydantic import ValidationError
-
-    from flows.common import flow_settings
-    from socialads.settings import describe_problems
-
-    try:
-        checked = flow_settings(**overrides)  # fail fast on bad options, before Prefect starts
-    except ValidationError as exc:
-        _fail(f"invalid option: {describe_problems(exc)}", 2)
+    checked = _with_options(**overrides)  # fail fast on bad options, before Prefect starts
     if candidates:
         overrides["candidates"] = checked.candidates  # split and stripped by the settings
 
     def body() -> dict[str, Any]:
         started = time.perf_counter()
+        from socialads.models.tracking import preload
+
+        preload(checked)  # MLflow's imports overlap with Prefect's start, data-prep and search
         api = _start_prefect(state)
         _say(f"Prefect API: {api}")
         from flows.pipeline import pipeline_flow
@@ -217,7 +224,7 @@ def train(
             _quiet_prefect_tracebacks()
         # With --json, stdout carries the report only: MLflow prints run URLs to stdout.
         with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-            result = pipeline_flow(**overrides)
+            result: dict[str, Any] = pipeline_flow(**overrides)
         result["seconds"] = round(time.perf_counter() - started, 1)
         return result
 
@@ -231,6 +238,18 @@ def train(
     typer.echo("")
     typer.secho(_headline(decision), bold=True)
     typer.echo(f"run {report['run_id']} in {result['seconds']} s")
+
+
+def _with_options(**options: Any) -> Settings:
+    """The settings with the command's given options, checked by the settings' own rules."""
+    from pydantic import ValidationError
+
+    from socialads.settings import describe_problems, settings_with
+
+    try:
+        return settings_with(**options)
+    except ValidationError as exc:
+        _fail(f"invalid option: {describe_problems(exc)}", 2)
 
 
 def _headline(decision: dict[str, Any]) -> str:
@@ -285,16 +304,20 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address. (env SOCIALADS_API_HOST)")] = None,
     port: Annotated[
         int | None,
-        typer.Option(min=1, max=65535, help="Port. (env SOCIALADS_API_PORT, default 8800)"),
+        typer.Option(
+            **closed_bounds("api_port"), help="Port. (env SOCIALADS_API_PORT, default 8800)"
+        ),
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(min=1, max=64, help="uvicorn workers. (env SOCIALADS_API_WORKERS, default 1)"),
+        typer.Option(
+            **closed_bounds("api_workers"),
+            help="uvicorn workers. (env SOCIALADS_API_WORKERS, default 1)",
+        ),
     ] = None,
     reload_interval: Annotated[
         float | None,
         typer.Option(
-            min=0.1,
             help="Seconds between checks of the champion alias. "
             "(env SOCIALADS_RELOAD_INTERVAL, default 10)",
         ),
@@ -302,13 +325,9 @@ def serve(
 ) -> None:
     """Serve the champion over HTTP (POST /predict, /docs, /health, /ready, /metrics)."""
     state = _state(ctx)
-    updates = {
-        "api_host": host,
-        "api_port": port,
-        "api_workers": workers,
-        "reload_interval": reload_interval,
-    }
-    settings = state.settings.model_copy(update={k: v for k, v in updates.items() if v is not None})
+    settings = _with_options(
+        api_host=host, api_port=port, api_workers=workers, reload_interval=reload_interval
+    )
 
     def body() -> None:
         from socialads.serving.server import run

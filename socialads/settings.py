@@ -9,7 +9,7 @@ project's ``.env`` names (``MINIO_ACCESS_KEY``, ``DATA_REPO_BUCKET_NAME``, ...) 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from platformdirs import user_data_path
 from pydantic import (
@@ -26,7 +26,7 @@ SelectionMetric = Literal["f1", "accuracy", "precision", "recall", "roc_auc"]
 CandidateName = Literal[
     "logistic_regression", "gaussian_nb", "knn", "svm_rbf", "random_forest", "gradient_boosting"
 ]
-CANDIDATE_NAMES: tuple[str, ...] = get_args(CandidateName)
+CANDIDATE_NAMES: tuple[CandidateName, ...] = get_args(CandidateName)
 
 
 def _env(*names: str) -> AliasChoices:
@@ -92,6 +92,14 @@ class Settings(BaseSettings):
         validation_alias=_env("SOCIALADS_S3_REGION", "AWS_DEFAULT_REGION"),
         description="S3 region; MinIO and most stand-ins need none.",
     )
+    processed_keep: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        validation_alias=_env("SOCIALADS_PROCESSED_KEEP"),
+        description="Data-prep runs kept under the lake's processed/ (the current one "
+        "included), for lineage; older ones are removed after each run.",
+    )
     io_retries: int = Field(
         default=3,
         ge=0,
@@ -130,13 +138,19 @@ class Settings(BaseSettings):
     )
 
     # -- training ----------------------------------------------------------------------------
-    test_size: float = Field(default=0.2, gt=0, lt=1, validation_alias=_env("SOCIALADS_TEST_SIZE"))
+    test_size: float = Field(
+        default=0.2,
+        ge=0.05,
+        le=0.5,
+        validation_alias=_env("SOCIALADS_TEST_SIZE"),
+        description="Holdout share of the stratified split.",
+    )
     random_state: int = Field(default=42, validation_alias=_env("SOCIALADS_RANDOM_STATE"))
     cv_folds: int = Field(default=5, ge=2, le=20, validation_alias=_env("SOCIALADS_CV_FOLDS"))
     selection_metric: SelectionMetric = Field(
         default="f1", validation_alias=_env("SOCIALADS_SELECTION_METRIC")
     )
-    candidates: Annotated[list[str], NoDecode] = Field(
+    candidates: Annotated[list[CandidateName], NoDecode] = Field(
         default_factory=lambda: list(CANDIDATE_NAMES),
         validation_alias=_env("SOCIALADS_CANDIDATES"),
         description="Comma-separated candidate families to search.",
@@ -189,17 +203,15 @@ class Settings(BaseSettings):
     @classmethod
     def _split_candidates(cls, value: object) -> object:
         if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("candidates")
-    @classmethod
-    def _known_candidates(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(CANDIDATE_NAMES))
-        if unknown:
-            raise ValueError(f"unknown candidates {unknown}; choose from {list(CANDIDATE_NAMES)}")
-        if not value:
-            raise ValueError("at least one candidate is needed")
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            unknown = sorted({str(v) for v in value} - set(CANDIDATE_NAMES))
+            if unknown:
+                raise ValueError(
+                    f"unknown candidates {unknown}; choose from {list(CANDIDATE_NAMES)}"
+                )
+            if not value:
+                raise ValueError("at least one candidate is needed")
         return value
 
     @field_validator("home")
@@ -287,12 +299,35 @@ def load_settings(**overrides: object) -> Settings:
     return Settings(**overrides)  # type: ignore[arg-type]
 
 
+def settings_with(**fields: Any) -> Settings:
+    """The settings from the environment (and ``.env``), with the non-None ``fields`` (by
+    field name: ``test_size=0.3``) in place of what the environment says."""
+    return load_settings(
+        **{env_names(key)[0]: value for key, value in fields.items() if value is not None}
+    )
+
+
 def env_names(field: str) -> tuple[str, ...]:
     """The environment variables ``Settings.<field>`` reads, the ``SOCIALADS_`` one first."""
     alias = Settings.model_fields[field].validation_alias
     if not isinstance(alias, AliasChoices):
         raise TypeError(f"settings field {field!r} declares no environment names")
     return tuple(str(choice) for choice in alias.choices)
+
+
+def closed_bounds(field: str) -> dict[str, float]:
+    """``min``/``max`` of ``Settings.<field>`` from its ``ge``/``le`` constraints, for the
+    command line's options (``gt``/``lt`` have no command-line counterpart and are left to
+    the settings' own validation)."""
+    import annotated_types
+
+    bounds: dict[str, float] = {}
+    for constraint in Settings.model_fields[field].metadata:
+        if isinstance(constraint, annotated_types.Ge):
+            bounds["min"] = constraint.ge  # type: ignore[assignment]
+        elif isinstance(constraint, annotated_types.Le):
+            bounds["max"] = constraint.le  # type: ignore[assignment]
+    return bounds
 
 
 def describe_problems(exc: ValidationError) -> str:

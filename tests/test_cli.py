@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from testkit import Ran, environ_without_tools, run_cli
 
-from socialads.data.lake import MANIFEST_KEY, RAW_KEY, SCALER_KEY, TRAIN_KEY
+from socialads.data.lake import MANIFEST_KEY, RAW_KEY
+from socialads.data.processed import Manifest
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +73,8 @@ def test_train_registers_a_champion_and_predict_answers(home: Path) -> None:
     for name in ("gaussian_nb", "logistic_regression"):
         assert name in trained.stdout
     lake = home / "lake"
-    for key in (RAW_KEY, TRAIN_KEY, SCALER_KEY, MANIFEST_KEY):
+    manifest = Manifest.from_json((lake / MANIFEST_KEY).read_bytes())
+    for key in (RAW_KEY, manifest.train_key, manifest.test_key, manifest.scaler_key):
         assert (lake / key).is_file(), key
 
     # The first call after training answers from the champion's cached ONNX graph: neither
@@ -138,12 +140,19 @@ def test_a_champion_without_onnx_is_served_by_its_pipeline(home: Path) -> None:
     set_champion(home, "1")
 
 
+def processed_files(lake: Path) -> dict[str, bytes]:
+    """Every data-prep output in a local lake, by path."""
+    return {
+        str(path.relative_to(lake)): path.read_bytes()
+        for path in (lake / "processed").rglob("*")
+        if path.is_file()
+    }
+
+
 def test_corrupted_raw_file_fails_and_changes_nothing(home: Path) -> None:
     lake = home / "lake"
     before_registry = registry_state(home)
-    before_outputs = {
-        key: (lake / key).read_bytes() for key in (TRAIN_KEY, SCALER_KEY, MANIFEST_KEY)
-    }
+    before_outputs = processed_files(lake)
     raw = (lake / RAW_KEY).read_bytes()
     (lake / RAW_KEY).write_bytes(raw.replace(b",Male,19,", b",Male,-19,", 1))
 
@@ -153,7 +162,7 @@ def test_corrupted_raw_file_fails_and_changes_nothing(home: Path) -> None:
     assert "line 2" in trained.stderr
     assert "Traceback" not in trained.stderr + trained.stdout
     assert registry_state(home) == before_registry
-    assert {key: (lake / key).read_bytes() for key in before_outputs} == before_outputs
+    assert processed_files(lake) == before_outputs
     (lake / RAW_KEY).write_bytes(raw)
 
 

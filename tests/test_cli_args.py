@@ -23,6 +23,7 @@ NONSENSE = [
     ["serve", "--port", "http"],
     ["serve", "--port", "70000"],
     ["serve", "--workers", "0"],
+    ["serve", "--reload-interval", "0"],
     ["deploy", "--cron", "every day"],
     ["lake", "init", "extra"],
     ["lake", "frobnicate"],

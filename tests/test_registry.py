@@ -48,8 +48,8 @@ def _register(settings: Any, result: Any, train: Any, test: Any) -> Any:
     client = tracking.connect(settings)
     experiment = tracking.ensure_experiment(client, settings)
     run = client.create_run(experiment).info.run_id
-    uri = tracking.log_best_model(run, result, train, "f1")
-    return registry.register_and_gate(client, settings, uri, run, result.holdout["f1"], test)
+    model = tracking.log_best_model(settings, run, result, train, "f1")
+    return registry.register_and_gate(client, settings, model, run, result.holdout["f1"], test)
 
 
 def test_registry_keeps_the_champion_against_worse_and_equal_models(

@@ -76,3 +76,12 @@ def test_credentials_come_in_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "only-the-key")
     with pytest.raises(ValidationError, match="pairs"):
         Settings()
+
+
+def test_every_declared_candidate_has_a_family_and_grid() -> None:
+    from socialads.models.candidates import CANDIDATES
+
+    assert sorted(CANDIDATES) == sorted(CANDIDATE_NAMES)
+    for name, candidate in CANDIDATES.items():
+        assert candidate.name == name
+        assert candidate.grid, name

@@ -1,8 +1,9 @@
 """The data lake: one fsspec code path for a local folder (file://) and S3 (s3://).
 
-Layout (relative keys, as in the original project):
-``raw/Social_Network_Ads.csv``, ``processed/{train,test}.csv``, ``processed/manifest.json``,
-``artifacts/scaler.joblib``.
+Layout (relative keys): ``raw/Social_Network_Ads.csv``; each data-prep run's outputs under
+``processed/<run id>/`` (``train.csv``, ``test.csv``, ``scaler.joblib``, ``manifest.json``);
+and ``processed/manifest.json``, the pointer to the current run, written last
+(:mod:`socialads.data.processed`).
 """
 
 from __future__ import annotations
@@ -26,10 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RAW_KEY = "raw/Social_Network_Ads.csv"
-TRAIN_KEY = "processed/train.csv"
-TEST_KEY = "processed/test.csv"
-MANIFEST_KEY = "processed/manifest.json"
-SCALER_KEY = "artifacts/scaler.joblib"
+PROCESSED = "processed"
+MANIFEST_KEY = f"{PROCESSED}/manifest.json"
 BUNDLED_DATASET = "Social_Network_Ads.csv"
 
 T = TypeVar("T")
@@ -104,7 +103,7 @@ class Lake:
         import fsspec
 
         _, path = fsspec.core.url_to_fs(self.url, **self.storage_options)
-        return path.rstrip("/")
+        return str(path).rstrip("/")
 
     def path(self, key: str) -> str:
         """Filesystem path of a lake key."""
@@ -153,11 +152,11 @@ class Lake:
     # -- operations ------------------------------------------------------------------------
     def exists(self, key: str) -> bool:
         """True when the key is present."""
-        return self._call(f"checking {key}", lambda: self.fs.exists(self.path(key)))
+        return bool(self._call(f"checking {key}", lambda: self.fs.exists(self.path(key))))
 
     def read_bytes(self, key: str) -> bytes:
         """The content of a key."""
-        return self._call(f"reading {key}", lambda: self.fs.cat_file(self.path(key)))
+        return bytes(self._call(f"reading {key}", lambda: self.fs.cat_file(self.path(key))))
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write a key so that readers see the old or the new content, never a part.
@@ -185,6 +184,31 @@ class Lake:
                 self.fs.rm_file(self.path(key))
 
         self._call(f"deleting {key}", remove)
+
+    def folders(self, key: str) -> list[str]:
+        """Names of the folders (S3: common prefixes) directly below ``key``; none if absent."""
+
+        def listing() -> list[str]:
+            base = self.path(key)
+            if not self.fs.exists(base):
+                return []
+            entries = self.fs.ls(base, detail=True, refresh=True)
+            return sorted(
+                str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
+                for e in entries
+                if e["type"] == "directory"
+            )
+
+        return self._call(f"listing {key}/", listing)
+
+    def delete_folder(self, key: str) -> None:
+        """Remove ``key`` and everything below it."""
+
+        def remove() -> None:
+            if self.fs.exists(self.path(key)):
+                self.fs.rm(self.path(key), recursive=True)
+
+        self._call(f"deleting {key}/", remove)
 
     def ensure_root(self) -> bool:
         """Create the lake's folder or bucket when it is missing. Returns True when created."""

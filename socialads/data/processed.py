@@ -1,27 +1,49 @@
 """The data-prep outputs in the lake: processed splits, the scaler and their manifest.
 
-The manifest is written last and names the SHA-256 of every output, so a run that died
-half-way leaves nothing a later training would take for valid.
+Each data-prep run writes below its own prefix, ``processed/<run id>/``, and then switches
+the pointer, ``processed/manifest.json``, to it (one PUT: S3 and the local lake replace a
+key whole). Readers follow the pointer and check every file against the hashes it names,
+so a run that dies half-way leaves the previous complete run in use and readers never see a
+mix of two runs. The newest ``keep`` runs stay in the lake for lineage.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from dataclasses import asdict, dataclass
+import logging
+import uuid
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from socialads.data.lake import MANIFEST_KEY, RAW_KEY, SCALER_KEY, TEST_KEY, TRAIN_KEY, Lake, sha256
+from socialads.data.lake import MANIFEST_KEY, PROCESSED, RAW_KEY, Lake, sha256
 from socialads.errors import DataValidationError, LakeError
 
 if TYPE_CHECKING:
     import pandas as pd
 
+log = logging.getLogger(__name__)
+
+TRAIN_FILE = "train.csv"
+TEST_FILE = "test.csv"
+SCALER_FILE = "scaler.joblib"
+RUN_MANIFEST_FILE = "manifest.json"
+
+
+def run_key(run_id: str, filename: str) -> str:
+    """Lake key of one output of data-prep run ``run_id``."""
+    return f"{PROCESSED}/{run_id}/{filename}"
+
+
+def new_run_id() -> str:
+    """A data-prep run id that sorts by start time (UTC), unique across concurrent runs."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}"
+
 
 @dataclass(frozen=True)
 class Manifest:
-    """What one data-prep run wrote, with hashes for lineage and integrity."""
+    """What one data-prep run wrote, where, with hashes for lineage and integrity."""
 
     raw_uri: str
     raw_sha256: str
@@ -34,6 +56,10 @@ class Manifest:
     test_size: float
     random_state: int
     created_at: str
+    run_id: str
+    train_key: str
+    test_key: str
+    scaler_key: str
 
     def to_json(self) -> bytes:
         """Serialised form stored in the lake."""
@@ -49,17 +75,26 @@ class Manifest:
             "test_rows": self.test_rows,
             "test_size": self.test_size,
             "random_state": self.random_state,
+            "processed_run": self.run_id,
         }
 
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:
-        """Parse a stored manifest."""
-        return cls(**json.loads(data))
+        """Parse a stored manifest (one this version wrote: older ones name no run)."""
+        stored = json.loads(data)
+        missing = sorted({f.name for f in fields(cls)} - set(stored))
+        if missing:
+            raise LakeError(
+                f"{MANIFEST_KEY} predates per-run data-prep outputs (no {', '.join(missing)}); "
+                "run the data-prep step again (`socialads train` runs both)"
+            )
+        return cls(**{f.name: stored[f.name] for f in fields(cls)})
 
 
 def frame_to_csv(frame: pd.DataFrame) -> bytes:
     """Deterministic CSV bytes of a frame (no index)."""
-    return frame.to_csv(index=False, lineterminator="\n").encode()
+    text: str = frame.to_csv(index=False, lineterminator="\n")
+    return text.encode()
 
 
 def write_processed(
@@ -72,16 +107,19 @@ def write_processed(
     scaler: Any,
     test_size: float,
     random_state: int,
+    keep: int = 5,
 ) -> Manifest:
-    """Write the splits, the scaler and (last) the manifest."""
+    """Write the splits and the scaler below a new run prefix, then switch the pointer to it
+    (last), then remove all but the newest ``keep`` runs."""
     import joblib
 
+    run_id = new_run_id()
     buffer = io.BytesIO()
     joblib.dump(scaler, buffer)
     outputs = {
-        TRAIN_KEY: frame_to_csv(train),
-        TEST_KEY: frame_to_csv(test),
-        SCALER_KEY: buffer.getvalue(),
+        run_key(run_id, TRAIN_FILE): frame_to_csv(train),
+        run_key(run_id, TEST_FILE): frame_to_csv(test),
+        run_key(run_id, SCALER_FILE): buffer.getvalue(),
     }
     for key, data in outputs.items():
         lake.write_bytes(key, data)
@@ -91,19 +129,39 @@ def write_processed(
         raw_rows=raw_rows,
         train_rows=len(train),
         test_rows=len(test),
-        train_sha256=sha256(outputs[TRAIN_KEY]),
-        test_sha256=sha256(outputs[TEST_KEY]),
-        scaler_sha256=sha256(outputs[SCALER_KEY]),
+        train_sha256=sha256(outputs[run_key(run_id, TRAIN_FILE)]),
+        test_sha256=sha256(outputs[run_key(run_id, TEST_FILE)]),
+        scaler_sha256=sha256(outputs[run_key(run_id, SCALER_FILE)]),
         test_size=test_size,
         random_state=random_state,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        run_id=run_id,
+        train_key=run_key(run_id, TRAIN_FILE),
+        test_key=run_key(run_id, TEST_FILE),
+        scaler_key=run_key(run_id, SCALER_FILE),
     )
-    lake.write_bytes(MANIFEST_KEY, manifest.to_json())
+    lake.write_bytes(run_key(run_id, RUN_MANIFEST_FILE), manifest.to_json())  # lineage
+    lake.write_bytes(MANIFEST_KEY, manifest.to_json())  # the switch
+    prune_runs(lake, keep, current=run_id)
     return manifest
 
 
+def prune_runs(lake: Lake, keep: int, *, current: str) -> list[str]:
+    """Delete the run prefixes older than the newest ``keep`` (never ``current``); returns
+    the deleted run ids. Failures are logged only: the new run is already published."""
+    try:
+        runs = lake.folders(PROCESSED)
+        stale = [run for run in runs[: max(len(runs) - keep, 0)] if run != current]
+        for run in stale:
+            lake.delete_folder(f"{PROCESSED}/{run}")
+    except LakeError as exc:
+        log.warning("could not remove old data-prep runs: %s", exc)
+        return []
+    return stale
+
+
 def read_processed(lake: Lake) -> tuple[pd.DataFrame, pd.DataFrame, Manifest]:
-    """Read the splits named by the manifest, checking their hashes."""
+    """Read the splits of the run the pointer names, checking their hashes."""
     import pandas as pd
 
     from socialads.data.validation import validate
@@ -115,7 +173,10 @@ def read_processed(lake: Lake) -> tuple[pd.DataFrame, pd.DataFrame, Manifest]:
         )
     manifest = Manifest.from_json(lake.read_bytes(MANIFEST_KEY))
     frames = []
-    for key, expected in ((TRAIN_KEY, manifest.train_sha256), (TEST_KEY, manifest.test_sha256)):
+    for key, expected in (
+        (manifest.train_key, manifest.train_sha256),
+        (manifest.test_key, manifest.test_sha256),
+    ):
         data = lake.read_bytes(key)
         if sha256(data) != expected:
             raise DataValidationError(

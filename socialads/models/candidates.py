@@ -1,4 +1,8 @@
-"""Candidate model families and their small hyperparameter grids."""
+"""Candidate model families and their small hyperparameter grids.
+
+Their names are declared once, as ``socialads.settings.CandidateName``; a test checks that
+every declared name has its family here.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,14 @@ from socialads.features.preprocessing import MODEL_STEP
 if TYPE_CHECKING:
     from sklearn.base import BaseEstimator
 
+    from socialads.settings import CandidateName
+
 
 @dataclass(frozen=True)
 class Candidate:
     """A model family: how to build its estimator and which grid to search."""
 
-    name: str
+    name: CandidateName
     factory: Callable[[int], BaseEstimator]
     grid: dict[str, list[Any]] = field(default_factory=dict)
 
@@ -61,7 +67,7 @@ def _gradient_boosting(seed: int) -> BaseEstimator:
     return GradientBoostingClassifier(random_state=seed)
 
 
-CANDIDATES: dict[str, Candidate] = {
+CANDIDATES: dict[CandidateName, Candidate] = {
     c.name: c
     for c in (
         Candidate("logistic_regression", _logistic_regression, {"C": [0.01, 0.1, 1.0, 10.0]}),

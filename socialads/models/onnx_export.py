@@ -115,7 +115,8 @@ def probabilities(
 
 def estimator_name(sess: onnxruntime.InferenceSession) -> str | None:
     """The estimator class recorded in a graph converted by :func:`convert`."""
-    return sess.get_modelmeta().custom_metadata_map.get(ENGINE_METADATA)
+    name = sess.get_modelmeta().custom_metadata_map.get(ENGINE_METADATA)
+    return None if name is None else str(name)
 
 
 # -- conversion and check (training side) -----------------------------------------------------
@@ -148,7 +149,7 @@ def convert(pipeline: Pipeline) -> bytes:
         )
     entry = graph.metadata_props.add()
     entry.key, entry.value = ENGINE_METADATA, type(estimator).__name__
-    return graph.SerializeToString()
+    return bytes(graph.SerializeToString())
 
 
 def probe_grid(seed: int = 20240611, random_records: int = 2000) -> pd.DataFrame:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
     from sklearn.pipeline import Pipeline
 
+    from socialads.models.tracking import LoggedModel
     from socialads.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,13 +83,22 @@ def champion_version(client: MlflowClient, settings: Settings) -> ModelVersion |
         ) from exc
 
 
-def load_version(settings: Settings, version: str) -> Pipeline:
+def load_version(client: MlflowClient, settings: Settings, version: str) -> Pipeline:
     """Load a registered version's Pipeline (skops format: no arbitrary pickle)."""
+    import tempfile
+
+    import mlflow.artifacts
     import mlflow.sklearn
 
     uri = f"models:/{settings.model_name}/{version}"
     try:
-        return mlflow.sklearn.load_model(uri)
+        # Resolved by the client: MLflow resolves models:/ URIs through its global registry.
+        location = client.get_model_version_download_uri(settings.model_name, version)
+        with tempfile.TemporaryDirectory(prefix="socialads-model-") as tmp:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=location, dst_path=tmp, tracking_uri=settings.mlflow_uri
+            )
+            return mlflow.sklearn.load_model(local)
     except Exception as exc:
         raise RegistryError(f"loading {uri} from {settings.mlflow_uri} failed: {exc}") from exc
 
@@ -111,19 +121,22 @@ def load_onnx(
     from socialads.models.onnx_export import ONNX_ARTIFACT
 
     uri = f"models:/{settings.model_name}/{version}"
-    folder = ONNX_ARTIFACT.rsplit("/", 1)[0]
+    folder, name = ONNX_ARTIFACT.rsplit("/", 1)
     try:
-        present = any(
-            a.path == folder for a in mlflow.artifacts.list_artifacts(artifact_uri=uri)
-        ) and any(
-            a.path == ONNX_ARTIFACT
-            for a in mlflow.artifacts.list_artifacts(artifact_uri=f"{uri}/{folder}")
+        # Resolved by the client: MLflow resolves models:/ URIs through its global registry.
+        location = client.get_model_version_download_uri(settings.model_name, version)
+        listed = mlflow.artifacts.list_artifacts(
+            artifact_uri=f"{location}/{folder}", tracking_uri=settings.mlflow_uri
         )
-        if not present:
+        if not any(Path(entry.path).name == name for entry in listed):
             tags = client.get_model_version(settings.model_name, version).tags
             return None, tags.get(TAG_ONNX_REASON) or "no ONNX graph in this model version"
         with tempfile.TemporaryDirectory() as tmp:
-            path = mlflow.artifacts.download_artifacts(f"{uri}/{ONNX_ARTIFACT}", dst_path=tmp)
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{location}/{ONNX_ARTIFACT}",
+                dst_path=tmp,
+                tracking_uri=settings.mlflow_uri,
+            )
             return Path(path).read_bytes(), None
     except Exception as exc:
         raise RegistryError(
@@ -131,17 +144,37 @@ def load_onnx(
         ) from exc
 
 
+def register_version(
+    client: MlflowClient, settings: Settings, model: LoggedModel, run_id: str
+) -> str:
+    """Register the logged ``model`` as a new version of the settings' model; its number."""
+    from mlflow.exceptions import MlflowException
+
+    from socialads.models.tracking import global_tracking_uri
+
+    try:
+        client.create_registered_model(settings.model_name)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    with global_tracking_uri(settings.mlflow_uri):
+        created = client.create_model_version(
+            settings.model_name, model.uri, run_id=run_id, model_id=model.model_id
+        )
+    return str(created.version)
+
+
 def register_and_gate(
     client: MlflowClient,
     settings: Settings,
-    model_uri: str,
+    model: LoggedModel,
     run_id: str,
     score: float,
     test: pd.DataFrame,
     lock: Callable[[], AbstractContextManager[object]] = nullcontext,
     version_tags: dict[str, str] | None = None,
 ) -> Decision:
-    """Register ``model_uri`` as a new version and move the aliases by the gate.
+    """Register ``model`` as a new version and move the aliases by the gate.
 
     ``version_tags`` are set on the new version first. The current champion is
     re-scored on the same holdout ``test`` so both sides are
@@ -149,15 +182,12 @@ def register_and_gate(
     Prefect global concurrency limit); in any case the champion is read again just before
     the alias moves and the gate runs again if another training moved it meanwhile.
     """
-    import mlflow
-
     try:
-        version = mlflow.register_model(model_uri, settings.model_name).version
+        version = register_version(client, settings, model, run_id)
     except Exception as exc:
         raise RegistryError(
             f"registering the model in {settings.mlflow_uri} failed: {exc}"
         ) from exc
-    version = str(version)
     try:
         for key, value in (version_tags or {}).items():
             client.set_model_version_tag(settings.model_name, version, key, value)
@@ -189,7 +219,7 @@ def _gate_and_move(
         current_v = str(current.version) if current is not None else None
         champion_score: float | None = None
         if current_v is not None and current_v not in scored:
-            scored[current_v] = evaluate(load_version(settings, current_v), test)[0][metric]
+            scored[current_v] = evaluate(load_version(client, settings, current_v), test)[0][metric]
         if current_v is not None:
             champion_score = scored[current_v]
         promote, reason = gate(score, champion_score, metric)
@@ -261,7 +291,7 @@ def load_champion(settings: Settings, client: MlflowClient | None = None) -> Cha
     # The Pipeline too, even with a graph: the fallback is then ready if ONNX Runtime refuses
     # the graph, and a long-running server pays scikit-learn's imports at its first load, not
     # in the middle of traffic when the alias moves to a version without a graph.
-    pipeline = load_version(settings, version)
+    pipeline = load_version(client, settings, version)
     metrics: dict[str, float] = {}
     if current.run_id:
         try:

@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from socialads.features.preprocessing import build_pipeline, features_and_target
+from socialads.features.preprocessing import MODEL_STEP, build_pipeline, features_and_target
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -99,7 +99,7 @@ def search_candidate(
     best = search.best_estimator_
     holdout, confusion = evaluate(best, test)
     index = search.best_index_
-    prefix = "model__"
+    prefix = f"{MODEL_STEP}__"
     return CandidateResult(
         name=candidate.name,
         pipeline=best,

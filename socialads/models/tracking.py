@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
-import os
 import subprocess
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +39,14 @@ SKOPS_TRUSTED_TYPES = (
 )
 
 
+@dataclass(frozen=True)
+class LoggedModel:
+    """Where :func:`log_best_model` put the model: its ``models:/`` URI and MLflow model id."""
+
+    uri: str
+    model_id: str
+
+
 def model_requirements() -> list[str]:
     """Pinned requirements of the model artifact, from this environment."""
     return [f"{name}=={metadata.version(name)}" for name in MODEL_REQUIREMENTS]
@@ -58,21 +68,16 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-_preloads: dict[str, threading.Thread] = {}
-"""Preload thread of each tracking URI started in this process."""
-
-
 def preload(settings: Settings) -> threading.Thread:
     """Import MLflow, skops and matplotlib and open the tracking store in a background thread.
 
     Those imports cost ~10 s on a small machine; the CV search that runs meanwhile spends most
     of its time in scikit-learn code that releases the GIL, so the two overlap. Failures here
-    are only logged: the same calls run again, in the foreground, when they are needed. Once
-    per process and tracking store (the pipeline flow and its train subflow both ask).
+    are only logged: the same calls run again, in the foreground, when they are needed.
+    Started by the edges (the CLI's train, the train flow's entry for deployment runs) and
+    kept nowhere; a second call in the same process finds the modules imported and costs one
+    query of the store.
     """
-    started = _preloads.get(settings.mlflow_uri)
-    if started is not None:
-        return started
 
     def work() -> None:
         try:
@@ -88,24 +93,53 @@ def preload(settings: Settings) -> threading.Thread:
             log.debug("background preload failed: %s", exc)
 
     thread = threading.Thread(target=work, name="socialads-preload", daemon=True)
-    _preloads[settings.mlflow_uri] = thread
     thread.start()
     return thread
 
 
+def http_environment(settings: Settings) -> dict[str, str]:
+    """MLflow's HTTP retry policy, which MLflow reads from the environment only: the CLI
+    exports it at start (the API server, its workers and flow runs inherit it)."""
+    return {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(settings.mlflow_http_retries),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    }
+
+
 def connect(settings: Settings) -> MlflowClient:
-    """Point MLflow at the configured tracking server or local store and return a client."""
-    import mlflow
+    """A client of the configured tracking server or local store (MLflow's globals untouched)."""
     from mlflow import MlflowClient
 
     if settings.tracking_uri is None:
         (settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
-    # MLflow reads its HTTP retry policy from the environment only.
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(settings.mlflow_http_retries)
-    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
-    mlflow.set_tracking_uri(settings.mlflow_uri)
-    mlflow.set_registry_uri(settings.mlflow_uri)
     return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+
+
+@contextlib.contextmanager
+def global_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's global tracking URI at ``uri`` for the calls inside, then restore it and
+    the MLFLOW_TRACKING_URI variable (which ``mlflow.set_tracking_uri`` exports).
+
+    Only where MLflow offers no explicit URI: ``mlflow.<flavor>.log_model``, and the local
+    registry store, which looks ``models:/<model id>`` sources up through the global URI.
+    Everything else goes through an explicit client.
+    """
+    import mlflow
+    from mlflow.environment_variables import MLFLOW_TRACKING_URI
+
+    # MLflow's environment-variable helpers carry no annotations.
+    variable: Any = MLFLOW_TRACKING_URI
+    exported = variable.get_raw() if variable.defined else None
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if exported is None:
+            variable.unset()
+        else:
+            variable.set(exported)
 
 
 def ensure_experiment(client: MlflowClient, settings: Settings) -> str:
@@ -187,7 +221,7 @@ def log_candidate(
     except Exception:
         client.set_terminated(run_id, "FAILED")
         raise
-    return run_id
+    return str(run_id)
 
 
 def log_batch(
@@ -220,14 +254,18 @@ def start_parent_run(
         "candidates": ",".join(settings.candidates),
     }
     log_batch(client, run.info.run_id, params, {})
-    return run.info.run_id
+    return str(run.info.run_id)
 
 
 def log_best_model(
-    parent_run_id: str, best: CandidateResult, train: pd.DataFrame, metric: str
-) -> str:
-    """Log the winning Pipeline (skops format, signature, input example) with its checked
-    ONNX graph, when it has one, as an extra file of the same model; returns its URI."""
+    settings: Settings,
+    parent_run_id: str,
+    best: CandidateResult,
+    train: pd.DataFrame,
+    metric: str,
+) -> LoggedModel:
+    """Log the winning Pipeline (skops format, signature, input example) to the run, with its
+    checked ONNX graph, when it has one, as an extra file of the same model."""
     import tempfile
 
     import mlflow
@@ -241,7 +279,11 @@ def log_best_model(
     signature = infer_signature(example, best.pipeline.predict(example))
     onnx = best.onnx.model if best.onnx is not None else None
     # Failures surface through training.track_and_register, which names the server.
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=parent_run_id):
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        global_tracking_uri(settings.mlflow_uri),
+        mlflow.start_run(run_id=parent_run_id),
+    ):
         extra_files = None
         if onnx is not None:
             (Path(tmp) / ONNX_FILE).write_bytes(onnx)
@@ -257,7 +299,7 @@ def log_best_model(
             metadata={"candidate": best.name, "selection_metric": metric},
             extra_files=extra_files,
         )
-    return info.model_uri
+    return LoggedModel(uri=info.model_uri, model_id=info.model_id)
 
 
 def finish_run(client: MlflowClient, run_id: str, *, failed: bool = False) -> None:

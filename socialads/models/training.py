@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from socialads.data.processed import Manifest
     from socialads.models.registry import Decision
-    from socialads.settings import Settings
+    from socialads.settings import CandidateName, Settings
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def leaderboard_markdown(report: TrainingReport) -> str:
 
 
 def search_named(
-    settings: Settings, name: str, train: pd.DataFrame, test: pd.DataFrame
+    settings: Settings, name: CandidateName, train: pd.DataFrame, test: pd.DataFrame
 ) -> CandidateResult:
     """Grid-search the candidate family ``name`` with the settings' metric, folds and seed,
     then convert the winner to ONNX and check it (see :mod:`socialads.models.onnx_export`)."""
@@ -173,12 +173,12 @@ def _track_and_register(
         if best.onnx is not None:
             summary |= best.onnx.metrics()
         tracking.log_batch(client, parent, {"best_candidate": best.name}, summary)
-        model_uri = tracking.log_best_model(parent, best, train, metric)
+        model = tracking.log_best_model(settings, parent, best, train, metric)
         reason = best.onnx.reason if best.onnx is not None else "not converted to ONNX"
         decision = registry.register_and_gate(
             client,
             settings,
-            model_uri,
+            model,
             parent,
             best.score(metric),
             test,
@@ -196,5 +196,5 @@ def _track_and_register(
         best=best.name,
         decision=decision,
         run_id=parent,
-        model_uri=model_uri,
+        model_uri=model.uri,
     )

@@ -33,12 +33,17 @@ SKLEARN = "sklearn"
 class Engine(Protocol):
     """Predicts with one model version."""
 
-    name: str
-    """``onnxruntime`` or ``sklearn``."""
-    reason: str | None
-    """Why the scikit-learn fallback serves (None for ONNX Runtime)."""
-    estimator: str
-    """The estimator's class name, e.g. ``LogisticRegression``."""
+    @property
+    def name(self) -> str:
+        """``onnxruntime`` or ``sklearn``."""
+
+    @property
+    def reason(self) -> str | None:
+        """Why the scikit-learn fallback serves (None for ONNX Runtime)."""
+
+    @property
+    def estimator(self) -> str:
+        """The estimator's class name, e.g. ``LogisticRegression``."""
 
     def predict_one(self, gender: str, age: float, salary: float) -> tuple[int, float]:
         """``(class, P(class 1))`` of one validated record."""

@@ -99,12 +99,13 @@ class LoopStats:
             seconds[0] += total
         latency = HistogramMetricFamily(LATENCY, LATENCY_HELP, labels=["route", "status"])
         bounds = [*(f"{b:g}" for b in self._buckets), "+Inf"]
-        for (route, status), (counts, seconds) in by_route.items():
-            cumulative, running = [], 0
-            for bound, n in zip(bounds, counts, strict=True):
+        for (route, status_text), (counts, seconds) in by_route.items():
+            cumulative: list[tuple[str, float]] = []
+            running = 0
+            for upper, n in zip(bounds, counts, strict=True):
                 running += n
-                cumulative.append((bound, running))
-            latency.add_metric([route, status], cumulative, seconds[0])
+                cumulative.append((upper, running))
+            latency.add_metric([route, status_text], cumulative, seconds[0])
         predictions = CounterMetricFamily(PREDICTIONS, PREDICTIONS_HELP, labels=["label"])
         for cls, count in zip(CLASSES, self.predictions, strict=True):
             predictions.add_metric([label_for(cls)], count)
@@ -224,7 +225,7 @@ class ServingMetrics:
         from prometheus_client import multiprocess
 
         merged = CollectorRegistry()
-        multiprocess.MultiProcessCollector(merged)
+        multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
         return generate_latest(merged)
 
 

@@ -71,8 +71,9 @@ class LoadedModel:
             if champion.pipeline is not None:
                 return champion.pipeline
             from socialads.models.registry import load_version
+            from socialads.models.tracking import connect
 
-            return load_version(settings, champion.version)
+            return load_version(connect(settings), settings, champion.version)
 
         heads = tuple(
             f'{{"prediction":{c},"label":{json.dumps(label_for(c))},"probability":'.encode()

@@ -61,11 +61,15 @@ def champion_from_registry(settings: Settings) -> tuple[str, Engine]:
     Raises :class:`NoChampionError` when there is no champion.
     """
     from socialads.models.registry import load_version
+    from socialads.models.tracking import connect
     from socialads.serving.engine import build_engine
 
     version, model, reason = refresh_cache(settings)
     engine = build_engine(
-        model, lambda: load_version(settings, version), reason, settings.onnx_threads
+        model,
+        lambda: load_version(connect(settings), settings, version),
+        reason,
+        settings.onnx_threads,
     )
     return version, engine
 

@@ -2,18 +2,21 @@
 
 The relay forwards bytes both ways untouched, so an S3 client signing requests for the
 relay's address (SigV4 signs the Host header) is served by the real server behind it.
-Armed with a byte pattern (say ``b"PUT /bucket/processed/test.csv"``), the moment a client
-sends it the relay drops that request, resets every open connection and stops listening:
-from then on the server is unreachable (connection refused), as if it had crashed at that
-exact point. ``restore()`` brings it back on the same port.
+Armed with a byte pattern (say ``b"PUT /bucket/raw/"``, or a compiled bytes regex), the
+moment a client sends it the relay drops that request, resets every open connection and
+stops listening: from then on the server is unreachable (connection refused), as if it had
+crashed at that exact point. ``restore()`` brings it back on the same port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import threading
+
+REGEX_WINDOW = 1024
 
 
 class FaultProxy:
@@ -24,7 +27,7 @@ class FaultProxy:
         self.port = _free_port()
         self.tripped = threading.Event()
         """Set when the relay was cut (by its pattern or by :meth:`cut`)."""
-        self._pattern: bytes | None = None
+        self._pattern: bytes | re.Pattern[bytes] | None = None
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -42,8 +45,9 @@ class FaultProxy:
         self._call(self._listen())
         return self
 
-    def cut_on(self, pattern: bytes) -> None:
-        """Cut the moment a client sends ``pattern`` (that request is not relayed)."""
+    def cut_on(self, pattern: bytes | re.Pattern[bytes]) -> None:
+        """Cut the moment a client sends ``pattern`` (that request is not relayed); a regex
+        matches within one request line (up to ``REGEX_WINDOW`` bytes)."""
         self._pattern = pattern
 
     def cut(self) -> None:
@@ -108,7 +112,12 @@ class FaultProxy:
         tail = b""
         while data := await reader.read(65536):
             pattern = self._pattern
-            if pattern is not None:
+            if isinstance(pattern, re.Pattern):
+                if pattern.search(tail + data):
+                    await self._cut()
+                    return
+                tail = data[-REGEX_WINDOW:]
+            elif pattern is not None:
                 if pattern in tail + data:
                     await self._cut()
                     return

@@ -11,6 +11,10 @@ started and stopped by the test (scripts/stack.py with its own state directory).
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -132,49 +136,70 @@ def setup(stack: Any, relay: FaultProxy, tmp_path_factory: pytest.TempPathFactor
 # -- S3 --------------------------------------------------------------------------------------------
 
 
-def test_s3_vanishing_while_data_prep_writes_leaves_nothing_taken_for_valid(
+def test_s3_vanishing_while_data_prep_writes_leaves_the_previous_run_in_use(
     setup: Setup, relay: FaultProxy, stack: Any, record_property: Callable[[str, object], None]
 ) -> None:
-    """S3 goes away after the new train split is written and before the test split is: the
-    run fails naming the endpoint, the registry is untouched, and what is left in the lake
-    (old manifest, new train split) is refused by the next reader instead of being used."""
-    from socialads.data.lake import MANIFEST_KEY, RAW_KEY, SCALER_KEY, TEST_KEY, TRAIN_KEY, Lake
-    from socialads.data.processed import read_processed
-    from socialads.errors import DataValidationError
-    from socialads.settings import Settings
+    """S3 goes away after the new run's train split is written and before its test split is:
+    the run fails naming the endpoint, the registry is untouched, the manifest still points
+    at the previous complete run, and a training afterwards (the train flow alone, no
+    data-prep) reads that run: its MLflow run records the previous run's id and hashes."""
+    from socialads.data.lake import MANIFEST_KEY, PROCESSED
+    from socialads.data.processed import Manifest
 
-    keys = (RAW_KEY, TRAIN_KEY, TEST_KEY, SCALER_KEY, MANIFEST_KEY)
     s3 = stack.s3fs()
-    lake_before = {key: s3.cat(f"{setup.bucket}/{key}") for key in keys}
+    pointer = f"{setup.bucket}/{MANIFEST_KEY}"
+    pointer_before = s3.cat(pointer)
+    previous = Manifest.from_json(pointer_before)
     registry_before = setup.registry()
 
-    relay.cut_on(f"PUT /{setup.bucket}/{TEST_KEY}".encode())
+    relay.cut_on(re.compile(rf"PUT /{setup.bucket}/{PROCESSED}/[^/ ]+/test\.csv".encode()))
     try:
         ran = setup.cli("train", "--random-state", "7")  # a different split: new bytes
         cut = relay.tripped.is_set()
     finally:
         relay.restore()
 
-    assert cut, f"the run never tried to write {TEST_KEY}:\n{ran.describe()}"
+    assert cut, f"the run never tried to write its test split:\n{ran.describe()}"
     line = one_clear_error(ran, f"endpoint {relay.url}")
     record_property("s3_cut_mid_prep_seconds", round(ran.seconds, 1))
     print(f"\nS3 cut during data-prep: failed in {ran.seconds:.1f}s: {line}")
     assert ran.seconds < OUTAGE_BOUND_S, ran.describe()
     assert setup.registry() == registry_before
 
-    lake_after = {key: s3.cat(f"{setup.bucket}/{key}") for key in keys}
-    assert lake_after[TRAIN_KEY] != lake_before[TRAIN_KEY], "the cut came after the train split"
-    assert {k: v for k, v in lake_after.items() if k != TRAIN_KEY} == {
-        k: v for k, v in lake_before.items() if k != TRAIN_KEY
-    }
-    settings = Settings(
-        SOCIALADS_LAKE_URL=f"s3://{setup.bucket}",
-        SOCIALADS_S3_ENDPOINT_URL=stack.s3_endpoint_url,
-        AWS_ACCESS_KEY_ID=stack.access_key,
-        AWS_SECRET_ACCESS_KEY=stack.secret_key,
+    assert s3.cat(pointer) == pointer_before
+    runs = sorted(p.rsplit("/", 1)[-1] for p in s3.ls(f"{setup.bucket}/{PROCESSED}", detail=False))
+    dead = [run for run in runs if run not in (previous.run_id, "manifest.json")]
+    assert len(dead) == 1, runs
+    left = sorted(p.rsplit("/", 1)[-1] for p in s3.ls(f"{setup.bucket}/{PROCESSED}/{dead[0]}"))
+    assert left == ["train.csv"], "the cut came after the train split and before the test split"
+
+    # A training afterwards: the train flow alone, so nothing rewrites the lake first.
+    train_only = (
+        "import json; from flows.train import train_flow; "
+        "print(json.dumps(train_flow(), default=str))"
     )
-    with pytest.raises(DataValidationError, match="does not match its manifest"):
-        read_processed(Lake.from_settings(settings))
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", train_only],
+        env=setup.env | {"SOCIALADS_S3_ENDPOINT_URL": stack.s3_endpoint_url},
+        cwd=setup.home,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    params = setup.client.get_run(report["run_id"]).data.params
+    assert params["processed_run"] == previous.run_id
+    assert params["dataset_sha256"] == previous.raw_sha256
+    assert (int(params["train_rows"]), int(params["random_state"])) == (
+        previous.train_rows,
+        previous.random_state,
+    )
+    print(f"train flow on the previous run: {time.perf_counter() - started:.1f}s")
+    # The same family on the same split scores the same: the gate keeps the champion.
+    assert setup.registry() == (registry_before[0] + 1, setup.champion)
 
 
 def test_s3_vanishing_while_mlflow_stores_the_model_keeps_the_champion(

@@ -26,15 +26,7 @@ import httpx
 import pytest
 from testkit import CLI, Ran, environ_without_tools, run_cli
 
-from socialads.data.lake import (
-    MANIFEST_KEY,
-    RAW_KEY,
-    SCALER_KEY,
-    TEST_KEY,
-    TRAIN_KEY,
-    bundled_dataset,
-    sha256,
-)
+from socialads.data.lake import MANIFEST_KEY, RAW_KEY, bundled_dataset, sha256
 from socialads.settings import CANDIDATE_NAMES, SelectionMetric, env_names
 
 if TYPE_CHECKING:
@@ -309,10 +301,11 @@ def test_train_writes_the_lake_tracks_registers_and_gates_on_the_servers(
     train = report["train"]
     decision = train["decision"]
 
-    # Lake outputs in the data bucket, with the lineage of the raw file.
-    for key in (TRAIN_KEY, TEST_KEY, MANIFEST_KEY, SCALER_KEY):
-        assert s3.exists(f"{DATA_BUCKET}/{key}"), key
+    # Lake outputs in the data bucket under the run's prefix, with the lineage of the raw file.
     manifest = json.loads(s3.cat(f"{DATA_BUCKET}/{MANIFEST_KEY}"))
+    for key in (manifest["train_key"], manifest["test_key"], manifest["scaler_key"]):
+        assert key.startswith(f"processed/{manifest['run_id']}/"), key
+        assert s3.exists(f"{DATA_BUCKET}/{key}"), key
     assert manifest["raw_sha256"] == sha256(bundled_dataset())
     assert manifest["raw_uri"] == f"s3://{DATA_BUCKET}/{RAW_KEY}"
     assert (manifest["train_rows"], manifest["test_rows"]) == (320, 80)
@@ -336,6 +329,7 @@ def test_train_writes_the_lake_tracks_registers_and_gates_on_the_servers(
     run = mlflow_client.get_run(train["run_id"])
     assert run.data.tags["promotion.decision"] == tags["promotion.decision"]
     assert run.data.params["candidates"] == ",".join(CANDIDATES)
+    assert run.data.params["processed_run"] == manifest["run_id"]
 
     # The model's artifacts went through the server's proxy into the mlflow bucket.
     experiment = mlflow_client.get_experiment_by_name(EXPERIMENT)
@@ -417,8 +411,7 @@ def test_wrong_secret_and_unreachable_endpoint_fail_clearly_and_change_nothing(
     record_property: Callable[[str, object], None],
 ) -> None:
     registry_before = registry_state(mlflow_client)
-    lake_keys = (RAW_KEY, TRAIN_KEY, TEST_KEY, MANIFEST_KEY, SCALER_KEY)
-    lake_before = {key: s3.cat(f"{DATA_BUCKET}/{key}") for key in lake_keys}
+    lake_before = {path: s3.cat(path) for path in s3.find(DATA_BUCKET)}
 
     with closed_port() as sock:
         port = sock.getsockname()[1]
@@ -446,7 +439,8 @@ def test_wrong_secret_and_unreachable_endpoint_fail_clearly_and_change_nothing(
         assert ran.seconds < UNREACHABLE_BOUND_S, ran.describe()
 
     assert registry_state(mlflow_client) == registry_before
-    assert {key: s3.cat(f"{DATA_BUCKET}/{key}") for key in lake_keys} == lake_before
+    s3.invalidate_cache()
+    assert {path: s3.cat(path) for path in s3.find(DATA_BUCKET)} == lake_before
 
 
 # -- 5. deployments served by `socialads deploy` -----------------------------------------------

@@ -47,9 +47,17 @@ class Registry:
 
     def register(self, model_name: str, family: str) -> str:
         """Register the logged pipeline of ``family`` under ``model_name``; its version."""
-        import mlflow
+        from socialads.models.registry import register_version
+        from socialads.models.tracking import LoggedModel
 
-        return str(mlflow.register_model(self.model_uris[family], model_name).version)
+        model_id = self.model_uris[family].removeprefix("models:/")
+        run_id = self.client.get_logged_model(model_id).source_run_id
+        return register_version(
+            self.client,
+            self.settings.model_copy(update={"model_name": model_name}),
+            LoggedModel(uri=self.model_uris[family], model_id=model_id),
+            run_id,
+        )
 
     def set_champion(self, model_name: str, version: str) -> None:
         self.client.set_registered_model_alias(model_name, "champion", version)
@@ -80,7 +88,10 @@ def registry(raw_bytes: bytes, tmp_path_factory: pytest.TempPathFactory) -> Regi
             graph = home / onnx_export.ONNX_FILE
             graph.write_bytes(onnx_export.convert(pipeline))
             extra_files = [str(graph)]
-        with mlflow.start_run(experiment_id=experiment_id, run_name=family):
+        with (
+            tracking.global_tracking_uri(settings.mlflow_uri),
+            mlflow.start_run(experiment_id=experiment_id, run_name=family),
+        ):
             mlflow.log_metric("holdout_f1", 0.9 if family == "gaussian_nb" else 0.8)
             info = mlflow.sklearn.log_model(
                 pipeline,
