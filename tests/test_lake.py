@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from socialads.data.lake import MANIFEST_KEY, PROCESSED, RAW_KEY, Lake, bundled_dataset, sha256
+from socialads.data.lake import (
+    MANIFEST_KEY,
+    PROCESSED,
+    RAW_KEY,
+    SCALER_KEY,
+    Lake,
+    bundled_dataset,
+    sha256,
+)
 from socialads.data.processed import Manifest, read_processed, write_processed
 from socialads.data.validation import load_and_validate
 from socialads.errors import DataValidationError, LakeError
@@ -62,6 +70,8 @@ def test_processed_outputs_round_trip(tmp_path: Path) -> None:
     assert sha256(lake.read_bytes(manifest.scaler_key)) == manifest.scaler_sha256
     # The run's own copy of its manifest stays beside its outputs, for lineage.
     assert lake.read_bytes(f"{PROCESSED}/{manifest.run_id}/manifest.json") == manifest.to_json()
+    # The original project's key holds the current run's scaler.
+    assert lake.read_bytes(SCALER_KEY) == lake.read_bytes(manifest.scaler_key)
 
 
 def test_processed_outputs_changed_after_prep_are_refused(tmp_path: Path) -> None:

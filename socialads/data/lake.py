@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 RAW_KEY = "raw/Social_Network_Ads.csv"
 PROCESSED = "processed"
 MANIFEST_KEY = f"{PROCESSED}/manifest.json"
+SCALER_KEY = "artifacts/scaler.joblib"
+"""The current run's scaler where the original project kept it (a copy, written after the
+pointer switch; training uses the run's own)."""
 BUNDLED_DATASET = "Social_Network_Ads.csv"
 
 T = TypeVar("T")

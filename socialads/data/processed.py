@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from socialads.data.lake import MANIFEST_KEY, PROCESSED, RAW_KEY, Lake, sha256
+from socialads.data.lake import MANIFEST_KEY, PROCESSED, RAW_KEY, SCALER_KEY, Lake, sha256
 from socialads.errors import DataValidationError, LakeError
 
 if TYPE_CHECKING:
@@ -142,6 +142,9 @@ def write_processed(
     )
     lake.write_bytes(run_key(run_id, RUN_MANIFEST_FILE), manifest.to_json())  # lineage
     lake.write_bytes(MANIFEST_KEY, manifest.to_json())  # the switch
+    # The original project's layout, for tools that read it; the run's own copy, named by
+    # the manifest, is the one training uses.
+    lake.write_bytes(SCALER_KEY, outputs[run_key(run_id, SCALER_FILE)])
     prune_runs(lake, keep, current=run_id)
     return manifest
 
