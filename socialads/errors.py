@@ -50,3 +50,11 @@ class NoChampionError(SocialAdsError):
     """The registry has no model under the champion alias yet."""
 
     exit_code = 3
+
+    @classmethod
+    def of(cls, alias: str, model_name: str, registry_uri: str) -> NoChampionError:
+        """The error for ``model_name@alias`` missing in the registry at ``registry_uri``."""
+        return cls(
+            f"no {alias!r} model of {model_name!r} in {registry_uri} yet; "
+            "run `socialads train` first"
+        )

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from testkit import load_stack_module
+from testkit import env_file_values, load_stack_module
 
 from socialads import __version__
 from socialads.settings import Settings, env_names
@@ -103,17 +103,6 @@ def compose_text_without_comments() -> str:
     return "\n".join(
         line for line in COMPOSE_FILE.read_text().splitlines() if not line.lstrip().startswith("#")
     )
-
-
-def env_file_values(path: Path = ENV_EXAMPLE) -> dict[str, str]:
-    """KEY=value lines of an env file (comments and blanks skipped)."""
-    values = {}
-    for line in path.read_text().splitlines():
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#") and "=" in stripped:
-            key, _, value = stripped.partition("=")
-            values[key.strip()] = value.strip()
-    return values
 
 
 def flags(argv: list[str]) -> dict[str, str | None]:

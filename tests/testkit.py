@@ -62,6 +62,17 @@ def run_cli(cwd: Path, env: dict[str, str], *args: str, timeout: float = 600) ->
     return Ran(args, done.returncode, done.stdout, done.stderr, time.perf_counter() - started)
 
 
+def env_file_values(path: Path = ROOT / ".env.example") -> dict[str, str]:
+    """KEY=value lines of an env file (comments and blanks skipped)."""
+    values = {}
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and "=" in stripped:
+            key, _, value = stripped.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
 def load_stack_module() -> ModuleType:
     """Import scripts/stack.py (not a package) once per process."""
     if STACK_MODULE_NAME in sys.modules:

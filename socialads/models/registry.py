@@ -282,10 +282,7 @@ def load_champion(settings: Settings, client: MlflowClient | None = None) -> Cha
     client = client or connect(settings)
     current = champion_version(client, settings)
     if current is None:
-        raise NoChampionError(
-            f"no {settings.champion_alias!r} model of {settings.model_name!r} in "
-            f"{settings.mlflow_uri} yet; run `socialads train` first"
-        )
+        raise NoChampionError.of(settings.champion_alias, settings.model_name, settings.mlflow_uri)
     version = str(current.version)
     onnx, reason = load_onnx(client, settings, version)
     # The Pipeline too, even with a graph: the fallback is then ready if ONNX Runtime refuses

@@ -80,7 +80,7 @@ def champion_version_quick(settings: Settings) -> str | None:
     if path is None:
         return None
     if not path.exists():
-        raise NoChampionError(_no_champion(uri, settings.model_name, settings.champion_alias))
+        raise NoChampionError.of(settings.champion_alias, settings.model_name, uri)
     pointer = _pointer(settings)
     try:
         remembered = json.loads(pointer.read_text())
@@ -116,15 +116,11 @@ def _version_over_rest(uri: str, name: str, alias: str) -> str | None:
             return str(json.load(response)["model_version"]["version"])
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
-            raise NoChampionError(_no_champion(uri, name, alias)) from exc
+            raise NoChampionError.of(alias, name, uri) from exc
         log.debug("champion lookup over REST failed: %s", exc)
     except (OSError, ValueError, KeyError) as exc:
         log.debug("champion lookup over REST failed: %s", exc)
     return None
-
-
-def _no_champion(uri: str, name: str, alias: str) -> str:
-    return f"no {alias!r} model of {name!r} in {uri} yet; run `socialads train` first"
 
 
 def load_onnx(settings: Settings, version: str) -> bytes | None:

@@ -90,10 +90,7 @@ def refresh_cache(
     identity = cache.store_identity(settings)  # before the read: a later write invalidates it
     current = champion_version(client, settings)
     if current is None:
-        raise NoChampionError(
-            f"no {settings.champion_alias!r} model of {settings.model_name!r} in "
-            f"{settings.mlflow_uri} yet; run `socialads train` first"
-        )
+        raise NoChampionError.of(settings.champion_alias, settings.model_name, settings.mlflow_uri)
     version = str(current.version)
     model = (known or {}).get(version) or cache.load_onnx(settings, version)
     reason = None

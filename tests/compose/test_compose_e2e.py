@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from testkit import ROOT, environ_without_tools
+from testkit import ROOT, env_file_values, environ_without_tools
 
 pytestmark = [pytest.mark.compose, pytest.mark.slow]
 
@@ -43,17 +43,6 @@ UP_TIMEOUT = 1800  # a cold build of the app image takes ~6 min here (vfs storag
 DEPLOYMENTS = ("pipeline/socialads", "data-prep/socialads", "train/socialads")
 ADDRESS_VARIABLES = ("S3_PORT", "POSTGRES_PORT", "MLFLOW_PORT", "PREFECT_PORT", "API_PORT")
 T = TypeVar("T")
-
-
-def env_file_values(path: Path) -> dict[str, str]:
-    """KEY=value lines of an env file (comments and blanks skipped)."""
-    values = {}
-    for line in path.read_text().splitlines():
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#") and "=" in stripped:
-            key, _, value = stripped.partition("=")
-            values[key.strip()] = value.strip()
-    return values
 
 
 def engine_problem() -> str | None:
