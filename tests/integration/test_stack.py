@@ -92,11 +92,12 @@ def test_s3_keeps_data_on_disk_across_restarts(stack_module: ModuleType, tmp_pat
 # -- MLflow ------------------------------------------------------------------------------------
 
 
-def test_mlflow_health_and_allowed_hosts(stack: StackHandle) -> None:
+def test_mlflow_health_and_allowed_hosts(stack: StackHandle, stack_module: ModuleType) -> None:
     assert _get(f"{stack.mlflow_url}/health")[0] == 200
     api = f"{stack.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
     port = stack.mlflow_port
-    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "mlflow:5000"):
+    # Loopback, and the compose service's address (the app containers' Host header).
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", *stack_module.COMPOSE_MLFLOW_HOSTS):
         assert _get(api, host)[0] == 200, host
     status, body = _get(api, f"evil.example:{port}")
     assert status == 403, body
