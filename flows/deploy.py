@@ -9,6 +9,7 @@ from prefect.types.entrypoint import EntrypointType
 
 from flows.data_prep import data_prep_flow
 from flows.pipeline import pipeline_flow
+from flows.score import score_flow
 from flows.train import train_flow
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ TAGS = ["socialads"]
 
 
 def build_deployments(settings: Settings, cron: str | None = None) -> list[RunnerDeployment]:
-    """The three deployments, with the settings' values as default parameters."""
+    """The deployments, with the settings' values as default parameters."""
     prep = {"test_size": settings.test_size, "random_state": settings.random_state}
     training: dict[str, Any] = {
         "selection_metric": settings.selection_metric,
@@ -52,6 +53,13 @@ def build_deployments(settings: Settings, cron: str | None = None) -> list[Runne
             DEPLOYMENT_NAME,
             parameters=training,
             description="CV search of the candidates, MLflow tracking, registry and gate.",
+            **common,
+        ),
+        score_flow.to_deployment(
+            DEPLOYMENT_NAME,
+            cron=settings.score_cron,
+            description="Score the lake's incoming/ files into scores/ (or the input given) "
+            "with the champion; every prediction goes to the prediction log.",
             **common,
         ),
     ]

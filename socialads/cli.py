@@ -407,6 +407,128 @@ def local_stop(ctx: typer.Context) -> None:
     typer.echo("stopped" if stopped else "was not running")
 
 
+# -- the production loop ------------------------------------------------------------------
+@app.command()
+def score(
+    ctx: typer.Context,
+    source: Annotated[
+        str,
+        typer.Option(
+            "--input",
+            "-i",
+            help="CSV or Parquet file of users (Gender, Age, EstimatedSalary, any other "
+            "columns kept): a path, file:// or s3:// URL.",
+        ),
+    ],
+    target: Annotated[
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Parquet file to write (path, file:// or s3://); rejected rows go beside it "
+            "as <name>.rejects.csv.",
+        ),
+    ],
+    alias: Annotated[
+        str | None, typer.Option(help="Score with the version behind this alias.")
+    ] = None,
+    model_version: Annotated[
+        str | None, typer.Option(help="Score with this registered version instead.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Score a file of users with a registered model (the champion by default).
+
+    Each output row keeps the input's columns and adds request_id, prediction, label,
+    probability, model_version and scored_at; every scored row also goes to the prediction
+    log. Invalid rows are written to the rejects file with their row number (1 = first data
+    row) and the reason. Exits non-zero only when the input cannot be read or no row is valid.
+
+    Example: socialads score --input users.csv --output scores.parquet
+    """
+    state = _state(ctx)
+    if alias and model_version:
+        _fail("give --alias or --model-version, not both", 2)
+
+    def body() -> dict[str, Any]:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        from socialads.data.lake import Lake
+        from socialads.serving.scoring import open_model, score_file
+
+        settings = state.settings
+        version, engine = open_model(settings, alias=alias, version=model_version)
+        log_lake = Lake.from_settings(settings) if settings.prediction_log else None
+        console = Console(stderr=True)
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=as_json or not console.is_terminal,
+            transient=True,
+        ) as progress:
+            task = progress.add_task(f"scoring with version {version}", total=None)
+            summary = score_file(
+                settings,
+                source,
+                target,
+                version=version,
+                engine=engine,
+                log_lake=log_lake,
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        return summary.as_dict()
+
+    result = _run(state, body)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    labels = ", ".join(f"{label} {count:,}" for label, count in result["labels"].items())
+    typer.echo(
+        f"scored {result['rows_scored']:,} rows with version {result['model_version']} "
+        f"in {result['seconds']:.1f}s → {result['output']} ({labels})"
+    )
+    if result["rejects"]:
+        typer.echo(f"rejected {result['rows_rejected']:,} rows → {result['rejects']}")
+    if not result["logged"]:
+        _say("warning: the prediction log could not be written (see the message above)")
+
+
+@app.command()
+def feedback(
+    ctx: typer.Context,
+    file: Annotated[
+        str,
+        typer.Option(
+            "--file",
+            "-f",
+            help="CSV or Parquet with columns request_id and purchased (0/1): a path, "
+            "file:// or s3:// URL.",
+        ),
+    ],
+) -> None:
+    """Record true outcomes of earlier predictions (joined with the log on request_id).
+
+    The request ids are those /predict, /predict/batch and `socialads score` returned.
+    A file with any invalid row is refused whole, naming the lines.
+    """
+    state = _state(ctx)
+
+    def body() -> int:
+        from socialads.data.lake import Lake
+        from socialads.data.production import check_feedback, record_feedback
+        from socialads.serving.scoring import read_table
+
+        labels = check_feedback(read_table(state.settings, file))
+        return record_feedback(Lake.from_settings(state.settings), labels)
+
+    count = _run(state, body)
+    typer.echo(f"recorded {count:,} labels in {state.settings.lake}/feedback/")
+
+
 @app.command()
 def info(ctx: typer.Context) -> None:
     """Show the settings in effect (secrets hidden)."""

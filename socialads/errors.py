@@ -58,3 +58,21 @@ class NoChampionError(SocialAdsError):
             f"no {alias!r} model of {model_name!r} in {registry_uri} yet; "
             "run `socialads train` first"
         )
+
+
+class UnknownVersionError(SocialAdsError):
+    """The registry has no such version of the model."""
+
+    exit_code = 3
+
+
+class ScoringInputError(SocialAdsError):
+    """A file to score is missing, unreadable or of an unknown format."""
+
+    exit_code = 2
+
+
+class NoValidRowsError(SocialAdsError):
+    """Not one row of a file to score passed validation."""
+
+    exit_code = 4

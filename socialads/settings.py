@@ -199,6 +199,47 @@ class Settings(BaseSettings):
         description="Exit at start when no champion can be loaded, instead of retrying.",
     )
 
+    # -- the production loop -----------------------------------------------------------------
+    prediction_log: bool = Field(
+        default=True,
+        validation_alias=_env("SOCIALADS_PREDICTION_LOG"),
+        description="Record every prediction (API and `socialads score`) in the lake's "
+        "predictions/; false turns the log off.",
+    )
+    prediction_log_flush_rows: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        validation_alias=_env("SOCIALADS_PREDICTION_LOG_FLUSH_ROWS"),
+        description="The API writes a part file as soon as this many predictions wait.",
+    )
+    prediction_log_flush_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        validation_alias=_env("SOCIALADS_PREDICTION_LOG_FLUSH_SECONDS"),
+        description="... and at least this often; a `kill -9` loses at most this window.",
+    )
+    prediction_log_max_buffered: int = Field(
+        default=100_000,
+        ge=1,
+        validation_alias=_env("SOCIALADS_PREDICTION_LOG_MAX_BUFFERED"),
+        description="Predictions kept in memory while the lake is unreachable; beyond "
+        "that they are dropped and counted (socialads_prediction_log_dropped_total).",
+    )
+    score_chunk_rows: int = Field(
+        default=100_000,
+        ge=1,
+        le=10_000_000,
+        validation_alias=_env("SOCIALADS_SCORE_CHUNK_ROWS"),
+        description="Rows `socialads score` reads, checks and scores at a time (bounds memory).",
+    )
+    score_cron: str | None = Field(
+        default=None,
+        validation_alias=_env("SOCIALADS_SCORE_CRON"),
+        description="Cron schedule of the `score` deployment (scores incoming/); off when unset.",
+    )
+
     @field_validator("candidates", mode="before")
     @classmethod
     def _split_candidates(cls, value: object) -> object:

@@ -204,6 +204,16 @@ class Lake:
 
         return self._call(f"listing {key}/", listing)
 
+    def glob(self, pattern: str) -> list[str]:
+        """Keys matching a glob pattern of keys (``predictions/date=*/part-*.parquet``), sorted."""
+
+        def listing() -> list[str]:
+            found = self.fs.glob(self.path(pattern), refresh=True)
+            start = len(self.root) + 1
+            return sorted(str(path)[start:] for path in found)
+
+        return self._call(f"listing {pattern}", listing)
+
     def delete_folder(self, key: str) -> None:
         """Remove ``key`` and everything below it."""
 

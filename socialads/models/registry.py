@@ -68,18 +68,39 @@ def gate(score: float, champion_score: float | None, metric: str) -> tuple[bool,
     return False, f"{metric} {score:.4f} {relation} champion's {champion_score:.4f}"
 
 
+_MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+
+
 def champion_version(client: MlflowClient, settings: Settings) -> ModelVersion | None:
     """The version behind the champion alias, or None when there is none."""
+    return alias_version(client, settings, settings.champion_alias)
+
+
+def alias_version(client: MlflowClient, settings: Settings, alias: str) -> ModelVersion | None:
+    """The version behind ``alias`` of the settings' model, or None when there is none."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(settings.model_name, settings.champion_alias)
+        return client.get_model_version_by_alias(settings.model_name, alias)
     except MlflowException as exc:
-        code = getattr(exc, "error_code", "")
-        if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+        if getattr(exc, "error_code", "") in _MISSING:
             return None
         raise RegistryError(
-            f"reading the champion from {settings.mlflow_uri} failed: {exc}"
+            f"reading the {alias!r} alias from {settings.mlflow_uri} failed: {exc}"
+        ) from exc
+
+
+def find_version(client: MlflowClient, settings: Settings, version: str) -> ModelVersion | None:
+    """Version ``version`` of the settings' model, or None when it does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(settings.model_name, version)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") in _MISSING:
+            return None
+        raise RegistryError(
+            f"reading version {version} from {settings.mlflow_uri} failed: {exc}"
         ) from exc
 
 
