@@ -234,6 +234,7 @@ def _score_chunks(
     on_progress: Callable[[int, int | None], None] | None,
 ) -> None:
     """Check, score and write each chunk; the counts go into ``summary``."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     run = uuid.uuid4().hex[:16]
@@ -250,10 +251,11 @@ def _score_chunks(
             if len(clean):
                 table = _score(frame, clean, engine, summary.model_version, run)
                 if writer is None:
-                    writer = pq.ParquetWriter(scored_file, table.schema, compression="zstd")
+                    writer = pq.ParquetWriter(scored_file, table.schema)
                 writer.write_table(table.cast(writer.schema))
                 summary.rows_scored += table.num_rows
-                labels.update(table["label"].to_pylist())
+                ones = int(pc.sum(table[production.PREDICTION]).as_py() or 0)
+                labels.update({LABELS[1]: ones, LABELS[0]: table.num_rows - ones})
                 if log_lake is not None and summary.logged:
                     summary.logged = _log(log_lake, table)
             done += len(frame)
@@ -289,17 +291,28 @@ def _score(
         clean[AGE].to_numpy(dtype=np.float64),
         clean[SALARY].to_numpy(dtype=np.float64),
     )
+    import pyarrow.compute as pc
+
     out = frame.loc[clean.index].copy()
     for column in FEATURES:
         out[column] = clean[column]
-    rows = clean.index.to_numpy()
-    out[production.REQUEST_ID] = pd.Series(rows, index=clean.index).map(f"{run}-{{}}".format)
-    out[production.PREDICTION] = classes.astype(np.int8)
-    out["label"] = np.where(classes == 1, LABELS[1], LABELS[0])
-    out[production.PROBABILITY] = p1
-    out[production.MODEL_VERSION] = version
-    out["scored_at"] = pd.Timestamp.now(tz="UTC")
-    return pa.Table.from_pandas(out, preserve_index=False)
+    table = pa.Table.from_pandas(out, preserve_index=False)
+    rows = pa.array(clean.index.to_numpy()).cast(pa.string())
+    added = {
+        production.REQUEST_ID: pc.binary_join_element_wise(run, rows, "-"),
+        production.PREDICTION: pa.array(classes.astype(np.int8)),
+        "label": pa.DictionaryArray.from_arrays(
+            pa.array(classes.astype(np.int8)), pa.array([LABELS[0], LABELS[1]])
+        ).cast(pa.string()),
+        production.PROBABILITY: pa.array(p1, pa.float64()),
+        production.MODEL_VERSION: pa.repeat(version, len(clean)),
+        "scored_at": pa.repeat(
+            pa.scalar(pd.Timestamp.now(tz="UTC"), pa.timestamp("us", "UTC")), len(clean)
+        ),
+    }
+    for name, values in added.items():
+        table = table.append_column(name, values)
+    return table
 
 
 def _log(lake: Lake, scored: pa.Table) -> bool:
