@@ -12,15 +12,24 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from typing import TYPE_CHECKING, Any
 
-from socialads.data.production import table_of, write_parts
+from socialads.data.lake import Lake
+from socialads.data.production import (
+    FEEDBACK_LOG,
+    PREDICTION_LOG,
+    REQUEST_ID_MAX_LENGTH,
+    now,
+    table_of,
+    write_parts,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
-    from socialads.data.lake import Lake
     from socialads.data.production import Dataset
+    from socialads.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -161,3 +170,84 @@ class BufferedLog:
             )
         self._failing_since = None
         self._dropped_in_episode = 0
+
+
+_ID_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:")
+
+
+def request_id(incoming: str | None = None) -> str:
+    """``incoming`` (an ``X-Request-ID``) when it is a sane id, else a new one.
+
+    A sane id has 1 to :data:`~socialads.data.production.REQUEST_ID_MAX_LENGTH` characters
+    among letters, digits and ``-_.:``: what a log, a URL and a CSV keep as is.
+    """
+    if incoming and len(incoming) <= REQUEST_ID_MAX_LENGTH and set(incoming) <= _ID_CHARACTERS:
+        return incoming
+    return uuid.uuid4().hex
+
+
+class ProductionLog:
+    """What the API records: its predictions and the feedback labels it receives."""
+
+    def __init__(self, settings: Settings, on_drop: Callable[[int], None] | None = None) -> None:
+        lake = Lake.from_settings(settings)
+
+        def buffered(dataset: Dataset) -> BufferedLog:
+            return BufferedLog(
+                lake,
+                dataset,
+                flush_rows=settings.prediction_log_flush_rows,
+                flush_seconds=settings.prediction_log_flush_seconds,
+                max_buffered=settings.prediction_log_max_buffered,
+                on_drop=on_drop,
+            )
+
+        self.predictions = buffered(PREDICTION_LOG)
+        self.feedback = buffered(FEEDBACK_LOG)
+
+    def start(self) -> None:
+        """Start both background writers."""
+        self.predictions.start()
+        self.feedback.start()
+
+    def close(self) -> None:
+        """Write everything buffered (graceful stop)."""
+        self.predictions.close()
+        self.feedback.close()
+
+    def prediction(
+        self,
+        rid: str,
+        source: str,
+        version: str,
+        record: tuple[str, float, float],
+        probability: float,
+        prediction: int,
+    ) -> None:
+        """Record one prediction (``record`` = Gender, Age, EstimatedSalary as normalised)."""
+        self.predictions.add((rid, now(), source, version, *record, probability, prediction))
+
+    def predictions_of(
+        self,
+        rids: Sequence[str],
+        source: str,
+        version: str,
+        records: Sequence[tuple[str, float, float]],
+        probabilities: Sequence[float],
+        predictions: Sequence[int],
+    ) -> None:
+        """Record many predictions made at once."""
+        at = now()
+        self.predictions.add(
+            *(
+                (rid, at, source, version, *record, p1, cls)
+                for rid, record, p1, cls in zip(
+                    rids, records, probabilities, predictions, strict=True
+                )
+            )
+        )
+
+    def labels(self, labels: Sequence[tuple[str, int]]) -> None:
+        """Record feedback labels ``(request_id, purchased)``."""
+        at = now()
+        self.feedback.add(*((rid, purchased, at) for rid, purchased in labels))
