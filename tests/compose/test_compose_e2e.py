@@ -363,7 +363,11 @@ def test_restart_and_down_up_keep_the_champion_and_the_lake(stack: Stack) -> Non
     stack.timed("restart", "restart", timeout=300)
     stack.timed("up --wait after restart", "up", "-d", "--wait", timeout=600)
     assert stack.champion_version() == version
-    assert stack.lake_keys() == keys
+    after = stack.lake_keys()
+    assert keys <= after
+    # The API's prediction log went to MinIO: the earlier /predict was flushed at the stop.
+    assert any(key.startswith("predictions/date=") for key in after), sorted(after)
+    keys = after
     stack.wait_until_serving(version)
     assert stack.predict()["model_version"] == version
 
@@ -372,7 +376,7 @@ def test_restart_and_down_up_keep_the_champion_and_the_lake(stack: Stack) -> Non
     assert stack.volume_names(), "down without -v removed the volumes"
     stack.timed("up --wait (volumes kept)", "up", "-d", "--wait", timeout=900)
     assert stack.champion_version() == version
-    assert stack.lake_keys() == keys
+    assert keys <= stack.lake_keys()
     stack.wait_until_serving(version)
     assert stack.predict()["label"] == "COMPRA"
 
