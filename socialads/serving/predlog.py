@@ -152,7 +152,7 @@ class BufferedLog:
         if self._failing_since is None:
             self._failing_since = str(exc)
             log.warning(
-                "%s log: writing to %s failed (%s); records stay buffered (at most %d) and "
+                "%s log: cannot write to %s (%s); records stay buffered (at most %d) and "
                 "the next flush tries again",
                 self.dataset.prefix,
                 self.lake.where(),
