@@ -455,9 +455,10 @@ def score(
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
         from socialads.data.lake import Lake
-        from socialads.serving.scoring import open_model, score_file
+        from socialads.serving.scoring import check_names, open_model, score_file
 
         settings = state.settings
+        check_names(source, target)
         version, engine = open_model(settings, alias=alias, version=model_version)
         log_lake = Lake.from_settings(settings) if settings.prediction_log else None
         console = Console(stderr=True)

@@ -28,6 +28,11 @@ NONSENSE = [
     ["lake", "init", "extra"],
     ["lake", "frobnicate"],
     ["local", "frobnicate"],
+    ["score"],
+    ["score", "--input", "users.csv"],
+    ["score", "-i", "users.csv", "-o", "out.parquet", "--alias", "a", "--model-version", "1"],
+    ["score", "-i", "users.txt", "-o", "out.parquet", "--model-version", "1"],
+    ["feedback"],
 ]
 
 

@@ -181,8 +181,7 @@ def score_file(
     format, and :class:`NoValidRowsError` when no row is valid (the rejects are written).
     """
     started = time.perf_counter()
-    if not target.lower().endswith(PARQUET_SUFFIXES):
-        raise ScoringInputError(f"{target}: the output is Parquet; name it *.parquet")
+    check_names(source, target)
     chunks, total = _open_input(settings, source)
     out_fs, out_path = _split_url(target, settings)
     rejects_target = _rejects_name(target)
@@ -206,6 +205,13 @@ def score_file(
         _publish(scored_file, out_fs, out_path)
     summary.seconds = round(time.perf_counter() - started, 3)
     return summary
+
+
+def check_names(source: str, target: str) -> None:
+    """Refuse an input or output whose name says no supported format (before any work)."""
+    _format(source)
+    if not target.lower().endswith(PARQUET_SUFFIXES):
+        raise ScoringInputError(f"{target}: the output is Parquet; name it *.parquet")
 
 
 def _open_input(settings: Settings, source: str) -> tuple[Iterator[pd.DataFrame], int | None]:
