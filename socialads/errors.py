@@ -58,3 +58,11 @@ class NoChampionError(SocialAdsError):
             f"no {alias!r} model of {model_name!r} in {registry_uri} yet; "
             "run `socialads train` first"
         )
+
+
+class ServiceError(SocialAdsError):
+    """A local server (Prefect, MLflow, S3) could not be started, checked or stopped."""
+
+    def __init__(self, message: str, *, service: str) -> None:
+        self.service = service
+        super().__init__(message)
