@@ -3,6 +3,7 @@ named errors with the log's tail, whole-group stop, stale state files."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ import psutil
 import pytest
 
 from socialads.errors import ServiceError
-from socialads.local import supervisor
+from socialads.local import embedded, supervisor
 from socialads.local.supervisor import ProcessRecord, Service
 
 
@@ -132,3 +133,22 @@ def test_a_damaged_state_file_reads_as_nothing_recorded(tmp_path: Path) -> None:
     assert supervisor.read_state(state) == {}
     assert ProcessRecord.from_json({"pid": "twelve"}) is None
     assert ProcessRecord.from_json(["pid", 1]) is None
+
+
+@pytest.mark.parametrize("content", ["{broken", "dead"])
+def test_a_stale_local_server_file_is_not_trusted_and_stop_clears_it(
+    tmp_path: Path, content: str
+) -> None:
+    """The embedded default's record of a server that is gone (killed, machine restarted)."""
+    home = tmp_path / "prefect"
+    home.mkdir()
+    gone = supervisor.launch(python_service("gone", "pass"), log=home / "x.log", cwd=home)
+    gone.process.wait(timeout=60)
+    state = home / embedded.STATE_FILE
+    if content == "dead":
+        state.write_text(json.dumps({**gone.record.to_json(), "url": "http://127.0.0.1:1"}))
+    else:
+        state.write_text(content)
+    assert embedded.read_local_server(home) is None
+    assert embedded.stop_local_server(home) is False
+    assert not state.exists()
