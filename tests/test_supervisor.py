@@ -3,6 +3,7 @@ named errors with the log's tail, whole-group stop, stale state files."""
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import pytest
 
 from socialads.errors import ServiceError
 from socialads.local import embedded, supervisor
+from socialads.local.stack import Stack, StackConfig
 from socialads.local.supervisor import ProcessRecord, Service
 
 
@@ -152,3 +154,20 @@ def test_a_stale_local_server_file_is_not_trusted_and_stop_clears_it(
     assert embedded.read_local_server(home) is None
     assert embedded.stop_local_server(home) is False
     assert not state.exists()
+
+
+def test_a_stale_stack_state_reads_as_down_and_down_clears_it(tmp_path: Path) -> None:
+    """The native stack's state file of servers that are gone (e.g. after a reboot)."""
+    gone = supervisor.launch(python_service("gone", "pass"), log=tmp_path / "x.log", cwd=tmp_path)
+    gone.process.wait(timeout=60)
+    cfg = StackConfig.from_env({}, tmp_path / "stack", 19000)
+    cfg.state_dir.mkdir()
+    records = {name: gone.record.to_json() for name in ("s3", "mlflow", "prefect")}
+    supervisor.write_state(cfg.state_dir / "state.json", {"services": records})
+    out = io.StringIO()
+    launcher = Stack(cfg, out=out)
+    assert not launcher.is_running()
+    assert [info["running"] for info in launcher.status().values()] == [False] * 3
+    launcher.down()
+    assert launcher.read_state()["services"] == {}
+    assert "stopped" not in out.getvalue()
