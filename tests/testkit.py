@@ -1,4 +1,4 @@
-"""What several test modules need: a clean environment, the CLI, scripts/stack.py.
+"""What several test modules need: a clean environment, the CLI, the env file.
 
 tests/ is on ``sys.path`` (pytest puts the folder of the root conftest.py there), so any
 test module can ``from testkit import ...``.
@@ -6,19 +6,16 @@ test module can ``from testkit import ...``.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL_PREFIXES = ("SOCIALADS_", "MLFLOW_", "PREFECT_", "AWS_", "MINIO_", "DATA_REPO_", "PROMETHEUS_")
 CLI = [sys.executable, "-m", "socialads"]
-STACK_MODULE_NAME = "socialads_stack_launcher"
 
 
 def environ_without_tools() -> dict[str, str]:
@@ -71,15 +68,3 @@ def env_file_values(path: Path = ROOT / ".env.example") -> dict[str, str]:
             key, _, value = stripped.partition("=")
             values[key.strip()] = value.strip()
     return values
-
-
-def load_stack_module() -> ModuleType:
-    """Import scripts/stack.py (not a package) once per process."""
-    if STACK_MODULE_NAME in sys.modules:
-        return sys.modules[STACK_MODULE_NAME]
-    spec = importlib.util.spec_from_file_location(STACK_MODULE_NAME, ROOT / "scripts" / "stack.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[STACK_MODULE_NAME] = module
-    spec.loader.exec_module(module)
-    return module

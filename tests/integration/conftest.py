@@ -1,14 +1,14 @@
 """Fixtures of the integration tests: one real stack (S3, MLflow, Prefect) per test session.
 
-``stack`` (session) starts ``scripts/stack.py`` once, in a temporary dir, on a free port
-block, with databases of a unique prefix that are dropped at the end. It yields a
-:class:`StackHandle`; ``stack.env`` is what a socialads process needs (pass it to a
-subprocess as ``env=stack.subprocess_env()``). ``stack_env`` (function) applies that env to
-this process for one test, Prefect's frozen settings included. ``stack_module`` is
-scripts/stack.py itself, for tests that start a stack of their own.
+``stack`` (session) starts the native stack (:mod:`socialads.local.stack`, what
+scripts/stack.py runs) once, in a temporary dir, on a free port block, with databases of a
+unique prefix that are dropped at the end. It yields a :class:`StackHandle`; ``stack.env`` is
+what a socialads process needs (pass it to a subprocess as ``env=stack.subprocess_env()``).
+``stack_env`` (function) applies that env to this process for one test, Prefect's frozen
+settings included. Tests that start servers of their own use socialads.local as well.
 
 Knobs: ``SOCIALADS_TEST_STACK_BASE_PORT`` pins the ports; the ``SOCIALADS_STACK_*``
-variables of scripts/stack.py (timeout, PostgreSQL DSN, ...) apply as well.
+variables of the stack (timeout, PostgreSQL DSN, ...) apply as well.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
-from testkit import load_stack_module
+
+from socialads.local.stack import Stack, StackConfig, free_base_port
+from socialads.local.supervisor import group_members
 
 
 @dataclasses.dataclass
@@ -35,7 +36,7 @@ class StackHandle:
     state_dir: Path
     prefect_home: Path
     databases: list[str]
-    launcher: Any = dataclasses.field(repr=False)
+    launcher: Stack = dataclasses.field(repr=False)
 
     @property
     def s3_port(self) -> int:
@@ -125,25 +126,14 @@ class StackHandle:
 
 
 @pytest.fixture(scope="session")
-def stack_module() -> ModuleType:
-    """scripts/stack.py as a module (Stack, StackConfig, free_base_port, group_members, ...)."""
-    return load_stack_module()
-
-
-@pytest.fixture(scope="session")
-def stack(
-    stack_module: ModuleType, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[StackHandle]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
     """Start the stack once per session; stop it, drop its databases and check nothing is left."""
-    launcher_module = stack_module
     base = os.environ.get("SOCIALADS_TEST_STACK_BASE_PORT")
-    base_port = int(base) if base else launcher_module.free_base_port()
+    base_port = int(base) if base else free_base_port()
     state_dir = tmp_path_factory.mktemp("stack")
     prefix = f"it_{os.getpid()}_{secrets.token_hex(3)}_"
-    cfg = launcher_module.StackConfig.from_env(
-        state_dir=state_dir, base_port=base_port, db_prefix=prefix, drop_dbs=True
-    )
-    launcher = launcher_module.Stack(cfg)
+    cfg = StackConfig.from_env(os.environ, state_dir, base_port, db_prefix=prefix, drop_dbs=True)
+    launcher = Stack(cfg)
     client_home = state_dir / "prefect-client-home"
     client_home.mkdir()
     env = {**launcher.up(), "PREFECT_HOME": str(client_home)}
@@ -163,7 +153,7 @@ def stack(
             yield handle
         finally:
             launcher.down()
-    left = {pid: launcher_module.group_members(pid) for pid in pids}
+    left = {pid: group_members(pid) for pid in pids}
     assert not any(left.values()), f"processes left behind by the stack: {left}"
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -16,6 +14,9 @@ from typing import Any
 import httpx
 import pytest
 from testkit import CLI, environ_without_tools, run_cli
+
+from socialads.local import supervisor
+from socialads.local.servers import prefect_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -66,29 +67,13 @@ def test_two_trainings_at_once_leave_one_consistent_champion(stack: Any, tmp_pat
     assert aliases.get("challenger") in (None, other)
 
 
-def _prefect_server(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = environ_without_tools()
-    env |= {
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-    }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("prefect")),
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+def _prefect_server(home: Path, port: int, log: Path) -> supervisor.Launched:
+    """The Prefect server as the embedded default runs it (SQLite in ``home``), started and
+    waited for by the supervisor."""
+    service = prefect_server(home=home, host="127.0.0.1", port=port)
+    launched = supervisor.launch(service, log=log, cwd=home)
+    supervisor.wait_healthy([launched], timeout=180)
+    return launched
 
 
 def _wait(predicate: Any, timeout: float, what: str) -> Any:
@@ -105,14 +90,11 @@ def _wait(predicate: Any, timeout: float, what: str) -> Any:
 def test_deploy_survives_a_prefect_server_restart(tmp_path: Path) -> None:
     """`socialads deploy` keeps serving across a restart of the Prefect server: its
     deployments are Ready again and a run started afterwards completes."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = supervisor.free_port()
     api = f"http://127.0.0.1:{port}/api"
     server = _prefect_server(tmp_path / "prefect", port, tmp_path / "server.log")
     deploy = None
     try:
-        _wait(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 180, "Prefect")
         env = environ_without_tools()
         env |= {
             "PREFECT_API_URL": api,
@@ -139,13 +121,12 @@ def test_deploy_survives_a_prefect_server_restart(tmp_path: Path) -> None:
             return ready if len(ready) == 3 else {}
 
         _wait(deployments, 180, "three Ready deployments")
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        supervisor.stop({"prefect": server.record}, grace=60)
+        server.process.wait(timeout=10)
         time.sleep(5)
         assert deploy.poll() is None, "deploy exited when the server went away"
 
         server = _prefect_server(tmp_path / "prefect", port, tmp_path / "server.log")
-        _wait(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 180, "restart")
         ids = _wait(deployments, 180, "deployments Ready again after the restart")
         run = httpx.post(
             f"{api}/deployments/{ids['data-prep']}/create_flow_run", json={}, timeout=10
@@ -157,10 +138,11 @@ def test_deploy_survives_a_prefect_server_restart(tmp_path: Path) -> None:
 
         assert _wait(finished, 300, "the flow run") == "COMPLETED"
     finally:
-        for process in (deploy, server):
-            if process is not None and process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
+        if deploy is not None and deploy.poll() is None:
+            os.killpg(deploy.pid, signal.SIGTERM)
+            try:
+                deploy.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(deploy.pid, signal.SIGKILL)
+        supervisor.stop({"prefect": server.record}, grace=30)
+        server.process.poll()

@@ -5,7 +5,7 @@ model; the MLflow server is down when the model service starts, and again while 
 champion alias moves. The outages are real: S3 is reached through a relay
 (:mod:`faultproxy`) that stops listening the moment a chosen request goes by, and the MLflow
 server that goes down is a second `mlflow server` on the stack's database and bucket,
-started and stopped by the test (scripts/stack.py with its own state directory).
+started and stopped by the test (socialads.local.stack with its own state directory).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from faultproxy import FaultProxy
 from test_pipeline_stack import wait_for
 from test_serve import BUYER, START_TIMEOUT, Hammer, Server, free_port, launch
 from testkit import Ran, environ_without_tools, run_cli
+
+from socialads.local.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -79,13 +81,13 @@ def relay(stack: Any) -> Iterator[FaultProxy]:
 
 @pytest.fixture(scope="module")
 def mlflow_server(
-    stack: Any, stack_module: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[..., Any]]:
+    stack: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Stack]]:
     """``start(port, s3_port=...)``: another MLflow server on the stack's database and bucket
     (artifacts reached through ``s3_port``); call ``.down()`` on what it returns to stop it."""
-    started: list[Any] = []
+    started: list[Stack] = []
 
-    def start(port: int, s3_port: int | None = None) -> Any:
+    def start(port: int, s3_port: int | None = None) -> Stack:
         base = stack.launcher.cfg
         cfg = dataclasses.replace(
             base,
@@ -93,7 +95,7 @@ def mlflow_server(
             ports=dataclasses.replace(base.ports, mlflow=port, s3=s3_port or base.ports.s3),
             drop_dbs=False,
         )
-        launcher = stack_module.Stack(cfg)
+        launcher = Stack(cfg)
         started.append(launcher)
         launcher.up(("mlflow",))
         return launcher

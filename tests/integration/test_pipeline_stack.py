@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, get_args
 
 import httpx
@@ -27,6 +26,7 @@ import pytest
 from testkit import CLI, Ran, environ_without_tools, run_cli
 
 from socialads.data.lake import MANIFEST_KEY, RAW_KEY, bundled_dataset, sha256
+from socialads.local.supervisor import group_members
 from socialads.settings import CANDIDATE_NAMES, SelectionMetric, env_names
 
 if TYPE_CHECKING:
@@ -164,7 +164,6 @@ class Served:
 
     process: subprocess.Popen[bytes]
     log: Path
-    group_members: Callable[[int], list[int]]
     exit: dict[str, Any] = field(default_factory=dict)
 
     def output(self) -> str:
@@ -184,7 +183,7 @@ class Served:
         except subprocess.TimeoutExpired:
             graceful = False
         pgid = self.process.pid  # started with start_new_session: its own group
-        if self.group_members(pgid):
+        if group_members(pgid):
             graceful = False
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
@@ -197,9 +196,7 @@ class Served:
         return self.exit
 
 
-def start_deploy(
-    home: Path, env: dict[str, str], stack_module: ModuleType, name: str, *args: str
-) -> Served:
+def start_deploy(home: Path, env: dict[str, str], name: str, *args: str) -> Served:
     log = home / f"{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -211,7 +208,7 @@ def start_deploy(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    return Served(process, log, stack_module.group_members)
+    return Served(process, log)
 
 
 def deployments(api: httpx.Client) -> dict[str, dict[str, Any]]:
@@ -242,10 +239,10 @@ def wait_served(
 
 @pytest.fixture(scope="module")
 def served(
-    home: Path, cli_env: dict[str, str], stack_module: ModuleType, prefect_api: httpx.Client
+    home: Path, cli_env: dict[str, str], prefect_api: httpx.Client
 ) -> Iterator[tuple[Served, dict[str, dict[str, Any]]]]:
     """`socialads deploy` in the background, once its three deployments are ready."""
-    process = start_deploy(home, cli_env, stack_module, "deploy")
+    process = start_deploy(home, cli_env, "deploy")
     try:
         ready = wait_served(
             prefect_api,
@@ -606,14 +603,13 @@ def test_stopping_deploy_pauses_and_cron_deploy_schedules_the_pipeline(
     prefect_api: httpx.Client,
     home: Path,
     cli_env: dict[str, str],
-    stack_module: ModuleType,
 ) -> None:
     process, _ = served
     stopped = process.stop()
     assert stopped["graceful"] and stopped["returncode"] == 0, (stopped, process.output())
     assert all(d["paused"] for d in deployments(prefect_api).values())
 
-    cron = start_deploy(home, cli_env, stack_module, "deploy-cron", "--cron", "0 3 * * *")
+    cron = start_deploy(home, cli_env, "deploy-cron", "--cron", "0 3 * * *")
     try:
         found = wait_served(
             prefect_api,

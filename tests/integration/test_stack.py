@@ -1,4 +1,5 @@
-"""The native stack of scripts/stack.py: S3 with credentials, MLflow on S3, Prefect, clean down."""
+"""The native stack (socialads.local.stack, scripts/stack.py): S3 with credentials, MLflow on S3,
+Prefect, clean down."""
 
 from __future__ import annotations
 
@@ -10,10 +11,18 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from socialads.local.stack import (
+    COMPOSE_MLFLOW_HOSTS,
+    Stack,
+    StackConfig,
+    database_exists,
+    free_base_port,
+)
+from socialads.local.supervisor import group_members, port_free
 
 if TYPE_CHECKING:
     from conftest import StackHandle
@@ -70,11 +79,9 @@ def _s3fs(env: dict[str, str]) -> Any:
 
 
 @pytest.mark.slow
-def test_s3_keeps_data_on_disk_across_restarts(stack_module: ModuleType, tmp_path: Path) -> None:
-    cfg = stack_module.StackConfig.from_env(
-        state_dir=tmp_path / "s3only", base_port=stack_module.free_base_port()
-    )
-    launcher = stack_module.Stack(cfg)
+def test_s3_keeps_data_on_disk_across_restarts(tmp_path: Path) -> None:
+    cfg = StackConfig.from_env(os.environ, tmp_path / "s3only", free_base_port())
+    launcher = Stack(cfg)
     env = launcher.up(("s3",))
     try:
         _s3fs(env).pipe("mlflow/persist/me.txt", b"still here")
@@ -92,12 +99,12 @@ def test_s3_keeps_data_on_disk_across_restarts(stack_module: ModuleType, tmp_pat
 # -- MLflow ------------------------------------------------------------------------------------
 
 
-def test_mlflow_health_and_allowed_hosts(stack: StackHandle, stack_module: ModuleType) -> None:
+def test_mlflow_health_and_allowed_hosts(stack: StackHandle) -> None:
     assert _get(f"{stack.mlflow_url}/health")[0] == 200
     api = f"{stack.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
     port = stack.mlflow_port
     # Loopback, and the compose service's address (the app containers' Host header).
-    for host in (f"127.0.0.1:{port}", f"localhost:{port}", *stack_module.COMPOSE_MLFLOW_HOSTS):
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", *COMPOSE_MLFLOW_HOSTS):
         assert _get(api, host)[0] == 200, host
     status, body = _get(api, f"evil.example:{port}")
     assert status == 403, body
@@ -161,10 +168,8 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_cli_up_status_env_down_leaves_nothing_behind(
-    stack_module: ModuleType, tmp_path: Path
-) -> None:
-    base = stack_module.free_base_port()
+def test_cli_up_status_env_down_leaves_nothing_behind(tmp_path: Path) -> None:
+    base = free_base_port()
     prefix = f"it_cli_{os.getpid()}_{secrets.token_hex(3)}_"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOCIALADS_STACK_")}
     env["SOCIALADS_STACK_PREFECT_UI"] = "0"
@@ -184,16 +189,16 @@ def test_cli_up_status_env_down_leaves_nothing_behind(
         assert _cli("env", *common, env=env).stdout == up.stdout
         assert sorted(pids) == ["mlflow", "prefect", "s3"]
         # mlflow server runs uvicorn as a child: down must stop whole process groups.
-        assert len(stack_module.group_members(pids["mlflow"])) >= 2
+        assert len(group_members(pids["mlflow"])) >= 2
     finally:
         down = _cli("down", *common, "--drop-dbs", env=env)
     assert down.returncode == 0, down.stderr
-    left = {name: stack_module.group_members(pid) for name, pid in pids.items()}
+    left = {name: group_members(pid) for name, pid in pids.items()}
     assert not any(left.values()), left
-    busy = [p for p in state["ports"].values() if not stack_module.port_free("127.0.0.1", p)]
+    busy = [p for p in state["ports"].values() if not port_free("127.0.0.1", p)]
     assert not busy, f"ports still bound: {busy}"
     for name in state["databases"]:
-        assert not stack_module.database_exists(state["pg_dsn"], name)
+        assert not database_exists(state["pg_dsn"], name)
     after = _cli("status", *common, env=env)
     assert after.returncode == 1
     assert after.stdout.count(" down ") == 3
