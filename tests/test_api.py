@@ -119,6 +119,11 @@ def client(
         yield ready(test_client)
 
 
+def scores(body: dict[str, Any]) -> dict[str, Any]:
+    """A /predict answer without its request id (new for every request)."""
+    return {key: value for key, value in body.items() if key != "request_id"}
+
+
 def expected_probability(pipeline: Any, record: dict[str, Any]) -> float:
     """What the pipeline itself says, through pandas and sklearn."""
     row = record | {GENDER: record[GENDER].strip().title()}
@@ -140,7 +145,8 @@ def test_predict_contract(
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     body = response.json()
-    assert set(body) == {"prediction", "label", "probability", "model_version"}
+    assert set(body) == {"prediction", "label", "probability", "model_version", "request_id"}
+    assert response.headers["x-request-id"] == body["request_id"]
     assert body["prediction"] == prediction
     assert body["label"] == label
     assert body["model_version"] == "1"
@@ -150,15 +156,16 @@ def test_predict_contract(
 
 @pytest.mark.parametrize("gender", ["Male", "male", " MALE ", "mAlE", "\tmale\n"])
 def test_gender_is_normalised(client: TestClient, gender: str) -> None:
-    canonical = client.post("/predict", json=NON_BUYER | {"Gender": "Male"}).json()
-    assert client.post("/predict", json=NON_BUYER | {"Gender": gender}).json() == canonical
+    canonical = scores(client.post("/predict", json=NON_BUYER | {"Gender": "Male"}).json())
+    assert scores(client.post("/predict", json=NON_BUYER | {"Gender": gender}).json()) == canonical
 
 
 def test_integer_and_float_numbers_and_extra_fields_are_accepted(client: TestClient) -> None:
     as_float = client.post("/predict", json=BUYER | {"Age": 45.0, "EstimatedSalary": 90000.0})
     with_extra = client.post("/predict", json=BUYER | {"User ID": 15624510, "Purchased": 0})
     assert as_float.status_code == with_extra.status_code == 200
-    assert as_float.json() == with_extra.json() == client.post("/predict", json=BUYER).json()
+    plain = client.post("/predict", json=BUYER).json()
+    assert scores(as_float.json()) == scores(with_extra.json()) == scores(plain)
 
 
 def test_bounds_are_inclusive(client: TestClient) -> None:
@@ -619,3 +626,58 @@ def test_workers_get_the_settings_the_environment_does_not_give(
     }
     monkeypatch.setenv("SOCIALADS_RELOAD_INTERVAL", "0.5")
     assert "SOCIALADS_RELOAD_INTERVAL" not in worker_variables(settings)
+
+
+# -- the prediction log and feedback ------------------------------------------------------------
+def test_predictions_and_labels_are_logged_with_the_ids_returned(
+    pipelines: dict[str, Any], graphs: dict[str, bytes], tmp_path: Path
+) -> None:
+    from socialads.data.lake import Lake
+    from socialads.data.production import FEEDBACK_LOG, PREDICTION_LOG, read
+
+    settings = make_settings(tmp_path)
+    app = create_app(settings, lambda s: champion(pipelines, "1", graphs))
+    with TestClient(app) as client:
+        ready(client)
+        given = client.post("/predict", json=BUYER, headers={"X-Request-ID": "order-7:a"})
+        replaced = client.post("/predict", json=BUYER, headers={"X-Request-ID": 'x"; drop'})
+        batch = client.post("/predict/batch", json={"records": [NON_BUYER, {"Age": 3}, BUYER]})
+        assert given.json()["request_id"] == given.headers["x-request-id"] == "order-7:a"
+        assert replaced.json()["request_id"] not in ('x"; drop', "")  # not a sane id: a new one
+        rows = batch.json()["results"]
+        assert [r["request_id"] for r in rows] == [
+            f"{batch.json()['request_id']}-0",
+            f"{batch.json()['request_id']}-2",
+        ]
+        one = client.post("/feedback", json={"request_id": "order-7:a", "purchased": 1})
+        labels = [{"request_id": rows[0]["request_id"], "purchased": 0}]
+        many = client.post("/feedback", json=labels)
+        assert (one.status_code, one.json(), many.status_code) == (202, {"accepted": 1}, 202)
+        bad = client.post("/feedback", json=[{"request_id": "a", "purchased": True}])
+        assert (bad.status_code, bad.json()["field"]) == (400, "0.purchased"), bad.text
+        missing = client.post("/feedback", json={"purchased": 1})
+        assert (missing.status_code, missing.json()["field"]) == (400, "request_id")
+    # Closing the app (lifespan end) wrote what was buffered.
+    lake = Lake.from_settings(settings)
+    logged = read(lake, PREDICTION_LOG)
+    assert sorted(logged["request_id"]) == sorted(
+        [given.json()["request_id"], replaced.json()["request_id"]]
+        + [r["request_id"] for r in rows]
+    )
+    assert logged.set_index("request_id").loc["order-7:a", "source"] == "api"
+    assert (logged["source"] == "batch").sum() == 2
+    stored = logged.set_index("request_id").loc[rows[0]["request_id"]]
+    assert stored["probability"] == rows[0]["probability"]
+    assert (stored["Gender"], stored["Age"]) == ("Male", 19.0)
+    labels = read(lake, FEEDBACK_LOG)
+    assert sorted(labels["request_id"]) == sorted(["order-7:a", rows[0]["request_id"]])
+
+
+def test_the_log_can_be_turned_off(
+    pipelines: dict[str, Any], graphs: dict[str, bytes], tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, SOCIALADS_PREDICTION_LOG=False)
+    with TestClient(create_app(settings, lambda s: champion(pipelines, "1", graphs))) as client:
+        ready(client)
+        assert client.post("/predict", json=BUYER).status_code == 200
+    assert not (tmp_path / "lake" / "predictions").exists()

@@ -12,7 +12,9 @@ far more). Measured with ``benchmarks/api_throughput.py``.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -31,10 +33,15 @@ from socialads.data.schema import LABELS
 from socialads.errors import InvalidInputError, NoChampionError, RegistryError, SocialAdsError
 from socialads.serving.metrics import CONTENT_TYPE, ServingMetrics
 from socialads.serving.model_store import LoadedModel, Loader, ModelStore, Probe
+from socialads.serving.predlog import ProductionLog, request_id
 from socialads.serving.schemas import (
+    FEEDBACK_BODY,
+    LABEL_SHAPE,
     BatchRequest,
     BatchResponse,
     ErrorResponse,
+    FeedbackItem,
+    FeedbackResponse,
     FieldError,
     ModelInfo,
     PredictRequest,
@@ -52,6 +59,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 API_KEY_HEADER = "X-API-Key"  # pragma: allowlist secret (a header name)
+REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID_HEADER_RAW = REQUEST_ID_HEADER.lower().encode()
 JSON = "application/json"
 _HEALTHY = b'{"status":"ok"}'
 _JSON_TYPE = (b"content-type", JSON.encode())
@@ -86,11 +95,13 @@ class JSONBytesResponse(Response):
 
     media_type = JSON
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, request_id: str | None = None) -> None:
         self.status_code = 200
         self.background = None
         self.body = body
         self.raw_headers = [(b"content-length", str(len(body)).encode()), _JSON_TYPE]
+        if request_id is not None:
+            self.raw_headers.append((REQUEST_ID_HEADER_RAW, request_id.encode()))
 
 
 def _invalid(problems: Sequence[FieldError]) -> JSONResponse:
@@ -231,6 +242,7 @@ def create_app(
     )
     if preloaded is not None:
         store.install(preloaded)
+    production = ProductionLog(settings, on_drop=metrics.prediction_log_dropped)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -241,10 +253,13 @@ def create_app(
                 log.error("no model at start and SOCIALADS_REQUIRE_MODEL_AT_START is set: %s", exc)
                 raise
         store.start()
+        production.start()
         try:
             yield
         finally:
             await store.stop()
+            # Off the event loop: the last write may wait on the lake.
+            await asyncio.to_thread(production.close)
 
     app = FastAPI(
         title="socialads",
@@ -255,8 +270,11 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.metrics = metrics
+    app.state.production_log = production
     guard = _key_guard(settings)
-    _add_predict_routes(app, store, metrics, guard, settings.batch_max_records)
+    recorder = production if settings.prediction_log else None
+    _add_predict_routes(app, store, metrics, guard, settings.batch_max_records, recorder)
+    _add_feedback_route(app, production, guard)
     _add_ops_routes(app, store, metrics)
     _add_admin_routes(app, store, guard)
     _add_error_handlers(app)
@@ -335,7 +353,12 @@ def invalid_body(
 
 
 def _add_predict_routes(
-    app: FastAPI, store: ModelStore, metrics: ServingMetrics, guard: list[Any], limit: int
+    app: FastAPI,
+    store: ModelStore,
+    metrics: ServingMetrics,
+    guard: list[Any],
+    limit: int,
+    recorder: ProductionLog | None,
 ) -> None:
     count = metrics.count_prediction
 
@@ -367,9 +390,13 @@ def _add_predict_routes(
             record.gender, record.age, record.salary
         )
         count(prediction)
-        return JSONBytesResponse(model.render(prediction, probability))
+        rid = request_id(request.headers.get(REQUEST_ID_HEADER))
+        if recorder is not None:
+            features = (record.gender, record.age, record.salary)
+            recorder.prediction(rid, "api", model.version, features, probability, prediction)
+        return JSONBytesResponse(model.render(prediction, probability, rid), rid)
 
-    async def predict_batch(batch: BatchRequest) -> Response:
+    async def predict_batch(batch: BatchRequest, request: Request) -> Response:
         """Predictions for the valid rows; every invalid row is listed in ``errors``."""
         records = batch.records
         if len(records) > limit:
@@ -382,7 +409,9 @@ def _add_predict_routes(
         model = store.current
         if model is None:
             return _not_ready(store)
-        return JSONResponse(_predict_rows(model, records, metrics))
+        rid = request_id(request.headers.get(REQUEST_ID_HEADER))
+        body = _predict_rows(model, records, metrics, rid, recorder)
+        return JSONResponse(body, headers={REQUEST_ID_HEADER: rid})
 
     # The body model is built per app to document this app's limit; FastAPI reads it from
     # the annotation, which must therefore be the class itself, not a name.
@@ -400,6 +429,55 @@ def _add_predict_routes(
         tags=["predict"],
         summary="Predict many users",
     )(predict_batch)
+
+
+_FEEDBACK_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/FeedbackItem"},
+                        {"type": "array", "items": {"$ref": "#/components/schemas/FeedbackItem"}},
+                    ]
+                }
+            }
+        },
+    }
+}
+
+
+def _add_feedback_route(app: FastAPI, production: ProductionLog, guard: list[Any]) -> None:
+    @app.post(
+        "/feedback",
+        status_code=202,
+        response_model=FeedbackResponse,
+        responses={**_BAD_INPUT, **_unauthorized(guard)},
+        dependencies=guard,
+        tags=["predict"],
+        summary="Record true outcomes",
+        openapi_extra=_FEEDBACK_BODY_DOC,
+    )
+    async def feedback(request: Request) -> Response:
+        """Whether the users of earlier predictions bought: one label or a list of them.
+
+        Accepted labels are written to the lake's feedback/ in the background (joinable with
+        the prediction log on ``request_id``).
+        """
+        body = await request.body()
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            return error_body("malformed_json", f"the request body is not valid JSON: {exc}")
+        single = not isinstance(data, list)
+        try:
+            items = FEEDBACK_BODY.validate_python([data] if single else data)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            return _invalid(field_problems(errors, skip=1 if single else 0, shape=LABEL_SHAPE))
+        production.labels([(item.request_id, item.purchased) for item in items])
+        return JSONResponse({"accepted": len(items)}, status_code=202)
 
 
 def _add_ops_routes(app: FastAPI, store: ModelStore, metrics: ServingMetrics) -> None:
@@ -493,18 +571,23 @@ def _document_request_model(app: FastAPI) -> None:
         if app.openapi_schema is None:
             schema = generate()
             schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-            schemas["PredictRequest"] = PredictRequest.model_json_schema(
-                ref_template="#/components/schemas/{model}"
-            )
+            for model in (PredictRequest, FeedbackItem):
+                schemas[model.__name__] = model.model_json_schema(
+                    ref_template="#/components/schemas/{model}"
+                )
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _predict_rows(
-    model: LoadedModel, records: list[Any], metrics: ServingMetrics
+    model: LoadedModel,
+    records: list[Any],
+    metrics: ServingMetrics,
+    rid: str,
+    recorder: ProductionLog | None,
 ) -> dict[str, Any]:
-    """Validate each row on its own, predict the valid ones in one call."""
+    """Validate each row on its own, predict the valid ones in one call, log them."""
     indices: list[int] = []
     genders: list[str] = []
     ages: list[float] = []
@@ -527,8 +610,10 @@ def _predict_rows(
         class_list = [int(c) for c in classes.tolist()]
         ones = sum(class_list)
         metrics.count_predictions(ones, len(class_list) - ones)
-        for index, prediction, probability in zip(
-            indices, class_list, probabilities.tolist(), strict=True
+        p1 = probabilities.tolist()
+        rids = [f"{rid}-{index}" for index in indices]
+        for index, row_id, prediction, probability in zip(
+            indices, rids, class_list, p1, strict=True
         ):
             results.append(
                 {
@@ -536,10 +621,15 @@ def _predict_rows(
                     "prediction": prediction,
                     "label": LABELS[prediction],
                     "probability": probability,
+                    "request_id": row_id,
                 }
             )
+        if recorder is not None:
+            features = list(zip(genders, ages, salaries, strict=True))
+            recorder.predictions_of(rids, "batch", model.version, features, p1, class_list)
     return {
         "model_version": model.version,
+        "request_id": rid,
         "count": len(records),
         "results": results,
         "errors": errors,

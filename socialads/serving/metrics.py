@@ -4,7 +4,8 @@ Series: ``socialads_http_requests_total{route,method,status}``,
 ``socialads_http_request_duration_seconds{route,status}`` (histogram),
 ``socialads_predictions_total{label}``, ``socialads_model_info{name,version,alias,engine}``
 (1 for the version being served), ``socialads_model_version`` (numeric, 0 before the first
-load), ``socialads_model_ready`` and ``socialads_model_reloads_total{outcome}``.
+load), ``socialads_model_ready``, ``socialads_model_reloads_total{outcome}`` and
+``socialads_prediction_log_dropped_total``.
 
 Cost on the request path: prometheus-client's ``Counter.inc`` takes about 1 µs and
 ``Histogram.observe`` several (a lock per value, label resolution), measured next to a
@@ -200,6 +201,16 @@ class ServingMetrics:
         )
         for outcome in ("loaded", "unchanged", "failed"):
             self._reloads.labels(outcome=outcome)
+        self._log_dropped = Counter(
+            "socialads_prediction_log_dropped",
+            "Prediction log and feedback records dropped because the lake was unreachable "
+            "and the buffer was full.",
+            registry=reg,
+        )
+
+    def prediction_log_dropped(self, count: int) -> None:
+        """Count records the prediction log had to drop (called from its writer thread)."""
+        self._log_dropped.inc(count)
 
     def model_swapped(self, previous: LoadedModel | None, current: LoadedModel) -> None:
         """Point the model gauges at ``current``."""

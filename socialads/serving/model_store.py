@@ -79,7 +79,7 @@ class LoadedModel:
             f'{{"prediction":{c},"label":{json.dumps(label_for(c))},"probability":'.encode()
             for c in CLASSES
         )
-        tail = f',"model_version":{json.dumps(champion.version)}}}'.encode()
+        tail = f',"model_version":{json.dumps(champion.version)},"request_id":"'.encode()
         engine = build_engine(champion.onnx, pipeline, champion.onnx_reason, settings.onnx_threads)
         return cls(champion, engine, MicroBatcher(engine), heads, tail)
 
@@ -88,9 +88,16 @@ class LoadedModel:
         """The registered version."""
         return self.champion.version
 
-    def render(self, prediction: int, probability: float) -> bytes:
-        """The /predict JSON body, without a serialiser (``repr`` of a float is valid JSON)."""
-        return self._heads[prediction] + repr(float(probability)).encode() + self._tail
+    def render(self, prediction: int, probability: float, request_id: str) -> bytes:
+        """The /predict JSON body, without a serialiser (``repr`` of a float is valid JSON;
+        a request id holds only characters JSON keeps as they are, see ``predlog.request_id``)."""
+        return (
+            self._heads[prediction]
+            + repr(float(probability)).encode()
+            + self._tail
+            + request_id.encode()
+            + b'"}'
+        )
 
     def describe(self) -> dict[str, Any]:
         """What GET /model shows."""

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, create_model
 
+from socialads.data.production import REQUEST_ID_MAX_LENGTH
 from socialads.data.schema import (
     AGE,
     BOUNDS,
@@ -72,6 +73,10 @@ class PredictResponse(BaseModel):
     label: Literal["NO COMPRA", "COMPRA"] = Field(description=f"Business label: {LABELS}.")
     probability: float = Field(description="Probability of class 1 (COMPRA), full precision.")
     model_version: str = Field(description="Registered version of the model that answered.")
+    request_id: str = Field(
+        description="Id of this prediction in the prediction log (the X-Request-ID header "
+        "when one was sent, echoed back); send it with POST /feedback."
+    )
 
 
 class BatchResult(BaseModel):
@@ -81,6 +86,7 @@ class BatchResult(BaseModel):
     prediction: Literal[0, 1]
     label: Literal["NO COMPRA", "COMPRA"]
     probability: float
+    request_id: str = Field(description="`<batch request_id>-<index>`: this row's log id.")
 
 
 class FieldError(BaseModel):
@@ -100,9 +106,35 @@ class BatchResponse(BaseModel):
     """Predictions for the valid rows and the problems of the invalid ones."""
 
     model_version: str
+    request_id: str = Field(description="Id of the batch (X-Request-ID when sent).")
     count: int = Field(description="Rows received.")
     results: list[BatchResult]
     errors: list[RowError] = Field(description="Every problem of every invalid row.")
+
+
+class FeedbackItem(BaseModel):
+    """The true outcome of an earlier prediction."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)  # no "1" for 1, no true for 1
+
+    request_id: str = Field(
+        min_length=1,
+        max_length=REQUEST_ID_MAX_LENGTH,
+        description="The request_id /predict, /predict/batch or `socialads score` returned.",
+    )
+    # An int, not Literal[0, 1]: a literal would take true for 1.
+    purchased: int = Field(ge=0, le=1, description="1: the user bought, 0: not.")
+
+
+FEEDBACK_BODY: TypeAdapter[list[FeedbackItem]] = TypeAdapter(list[FeedbackItem])
+"""POST /feedback's body: one label, or a list of them (a single object is read as a list
+of one, so that its errors name the field alone)."""
+
+
+class FeedbackResponse(BaseModel):
+    """Labels accepted for the feedback log (written to the lake in the background)."""
+
+    accepted: int
 
 
 class ErrorResponse(BaseModel):
@@ -169,7 +201,11 @@ def batch_request_model(max_records: int) -> type[BatchRequest]:
     )
 
 
-def _reason(field: str, error: Mapping[str, Any]) -> str:
+RECORD_SHAPE = "a JSON object with Gender, Age and EstimatedSalary"
+LABEL_SHAPE = "a JSON object with request_id and purchased"
+
+
+def _reason(field: str, error: Mapping[str, Any], shape: str = RECORD_SHAPE) -> str:
     kind = error.get("type", "")
     if kind == "missing":
         return "is required"
@@ -181,12 +217,16 @@ def _reason(field: str, error: Mapping[str, Any]) -> str:
     if kind == "value_error" and "error" in error.get("ctx", {}):
         return str(error["ctx"]["error"])
     if kind in ("model_attributes_type", "model_type", "dict_type"):
-        return "must be a JSON object with Gender, Age and EstimatedSalary"
+        return f"must be {shape}"
     return str(error.get("msg", "is invalid"))
 
 
 def field_problems(
-    errors: Iterable[Mapping[str, Any]], *, skip: int = 0, whole: str = "body"
+    errors: Iterable[Mapping[str, Any]],
+    *,
+    skip: int = 0,
+    whole: str = "body",
+    shape: str = RECORD_SHAPE,
 ) -> list[FieldError]:
     """Translate pydantic errors into (field, reason) pairs, one per problem.
 
@@ -197,5 +237,5 @@ def field_problems(
     for error in errors:
         loc = tuple(error.get("loc", ()))[skip:]
         field = ".".join(str(part) for part in loc) if loc else whole
-        problems.append(FieldError(field=field, reason=_reason(field, error)))
+        problems.append(FieldError(field=field, reason=_reason(field, error, shape)))
     return problems
