@@ -138,3 +138,34 @@ def test_feedback_refuses_a_bad_file_whole(home: Path, tmp_path: Path) -> None:
     done = run(home, "feedback", "--file", str(labels))
     assert done.returncode == 1, done.describe()
     assert "purchased must be 0 or 1: line(s) 3" in done.stderr
+
+
+def test_score_predict_and_batch_agree_on_every_row(
+    home: Path, tmp_path: Path, raw_bytes: bytes
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from socialads.serving.app import create_app
+
+    source = tmp_path / "users.csv"
+    source.write_bytes(raw_bytes)
+    target = tmp_path / "scores.parquet"
+    done = run(home, "score", "-i", str(source), "-o", str(target))
+    assert done.returncode == 0, done.describe()
+    scores = pd.read_parquet(target).head(40)
+    records = [
+        {"Gender": g, "Age": float(a), "EstimatedSalary": float(s)}
+        for g, a, s in zip(scores["Gender"], scores["Age"], scores["EstimatedSalary"], strict=True)
+    ]
+    settings = load_settings(SOCIALADS_HOME=str(home), SOCIALADS_PREDICTION_LOG=False)
+    with TestClient(create_app(settings)) as client:
+        deadline = pd.Timestamp.now() + pd.Timedelta(seconds=120)
+        while client.get("/ready").status_code != 200:
+            assert pd.Timestamp.now() < deadline, client.get("/ready").text
+        batch = client.post("/predict/batch", json={"records": records}).json()["results"]
+        single = [client.post("/predict", json=record).json() for record in records]
+    for row, one, many in zip(scores.itertuples(), single, batch, strict=True):
+        assert one["model_version"] == row.model_version
+        assert one["prediction"] == many["prediction"] == row.prediction
+        assert abs(one["probability"] - row.probability) <= 1e-9
+        assert abs(many["probability"] - row.probability) <= 1e-9

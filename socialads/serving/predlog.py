@@ -117,9 +117,11 @@ class BufferedLog:
             write_parts(self.lake, self.dataset, table_of(self.dataset, rows))
         except Exception as exc:
             with self._lock:
-                room = self.max_buffered - len(self._rows)
-                self._rows[:0] = rows[: max(room, 0)]  # oldest first, as they came
-                lost = len(rows) - max(room, 0)
+                # Back in front of what arrived meanwhile; when that overflows the buffer,
+                # the newest records go, as they would have in add().
+                merged = rows + self._rows
+                self._rows = merged[: self.max_buffered]
+                lost = len(merged) - len(self._rows)
             if lost > 0:
                 self._count_drop(lost)
             self._failing(exc)
