@@ -7,9 +7,13 @@ in the middle of traffic and come back.
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import secrets
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -38,6 +42,7 @@ from socialads.data.production import FEEDBACK_LOG, PREDICTION_LOG, labelled_row
 pytestmark = pytest.mark.integration
 
 DROPPED = "socialads_prediction_log_dropped_total"
+CLI = [sys.executable, "-m", "socialads"]
 
 
 @pytest.fixture
@@ -203,3 +208,40 @@ def test_kill_9_loses_at_most_the_unflushed_window(
     logged = set(read(lake, PREDICTION_LOG)["request_id"])
     assert set(old) <= logged
     assert logged <= set(old) | set(recent)
+
+
+def test_score_reads_and_writes_s3_rejects_bad_rows_and_logs_the_rest(
+    champion_versions: dict[str, str],  # noqa: F811
+    registry: Registry,  # noqa: F811
+    lake_env: tuple[dict[str, str], FaultProxy, Lake],
+    raw_bytes: bytes,
+    tmp_path: Path,
+) -> None:
+    import pandas as pd
+
+    env, _, lake = lake_env
+    registry.set_champion(MODEL, champion_versions["logistic_regression"])
+    lines = raw_bytes.decode().splitlines()
+    lines[2] = "15000002,Robot,30,50000,0"
+    lines[9] = "15000009,Male,17,50000,0"
+    lake.write_bytes("incoming/users.csv", ("\n".join(lines) + "\n").encode())
+    source, target = lake.uri("incoming/users.csv"), lake.uri("scores/users.parquet")
+    done = subprocess.run(
+        [*CLI, "score", "-i", source, "-o", target, "--json"],
+        env=environ_without_tools()
+        | {"SOCIALADS_HOME": str(registry.home), "SOCIALADS_MODEL_NAME": MODEL, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert (summary["rows_scored"], summary["rows_rejected"]) == (398, 2)
+    scores = pd.read_parquet(io.BytesIO(lake.read_bytes("scores/users.parquet")))
+    rejects = pd.read_csv(io.BytesIO(lake.read_bytes("scores/users.rejects.csv")))
+    assert len(scores) == 398 and rejects["row"].tolist() == [2, 9]
+    logged = read(lake, PREDICTION_LOG)
+    assert sorted(logged["request_id"]) == sorted(scores["request_id"])
+    assert set(logged["source"]) == {"score"}
