@@ -40,7 +40,12 @@ MODEL = "SocialNetworkAdsModel"
 EXPERIMENT = "Social_Network_Ads_Experiment"
 DATA_BUCKET = "data"
 ARTIFACTS_BUCKET = "mlflow"
-DEPLOYMENTS = ("pipeline/socialads", "data-prep/socialads", "train/socialads")
+DEPLOYMENTS = (
+    "pipeline/socialads",
+    "data-prep/socialads",
+    "train/socialads",
+    "score/socialads",
+)
 # Everything the settings read S3 from (the rest of AWS_* never reaches the CLI: see cli_env).
 S3_CLIENT_VARS = tuple(
     name
@@ -241,14 +246,19 @@ def wait_served(
 def served(
     home: Path, cli_env: dict[str, str], prefect_api: httpx.Client
 ) -> Iterator[tuple[Served, dict[str, dict[str, Any]]]]:
-    """`socialads deploy` in the background, once its three deployments are ready."""
+    """`socialads deploy` in the background, once its deployments are ready."""
     process = start_deploy(home, cli_env, "deploy")
     try:
         ready = wait_served(
             prefect_api,
             process,
-            lambda d: d["status"] == "READY" and not d["paused"] and d["parameters"],
-            "the three deployments to be registered, unpaused and polled",
+            # The score flow has no default parameters: its input names a file or incoming/.
+            lambda d: (
+                d["status"] == "READY"
+                and not d["paused"]
+                and (d["parameters"] or d["entrypoint"] == "flows.score.score_flow")
+            ),
+            "the deployments to be registered, unpaused and polled",
         )
         yield process, ready
     finally:
@@ -457,6 +467,12 @@ PIPELINE_SCHEMA = {
 }
 PREP_DEFAULTS = {"test_size": 0.2, "random_state": 42}
 TRAIN_DEFAULTS = {"selection_metric": "f1", "candidates": CANDIDATES, "cv_folds": 5}
+SCORE_SCHEMA = {
+    "input": ("string", 0),
+    "output": ("string", 1),
+    "alias": ("string", 2),
+    "model_version": ("string", 3),
+}
 
 
 def schema_view(schema: dict[str, Any]) -> dict[str, tuple[str, int]]:
@@ -475,7 +491,7 @@ def schema_view(schema: dict[str, Any]) -> dict[str, tuple[str, int]]:
     return view
 
 
-def test_deploy_shows_three_deployments_with_parameters_and_no_schedule(
+def test_deploy_shows_the_deployments_with_parameters_and_no_schedule(
     served: tuple[Served, dict[str, dict[str, Any]]],
 ) -> None:
     from socialads import __version__
@@ -490,6 +506,7 @@ def test_deploy_shows_three_deployments_with_parameters_and_no_schedule(
         ),
         "data-prep/socialads": ("flows.data_prep.data_prep_flow", PREP_SCHEMA, PREP_DEFAULTS),
         "train/socialads": ("flows.train.train_flow", TRAIN_SCHEMA, TRAIN_DEFAULTS),
+        "score/socialads": ("flows.score.score_flow", SCORE_SCHEMA, {}),
     }
     for name, (entrypoint, schema, defaults) in expected.items():
         deployment = found[name]
@@ -596,6 +613,42 @@ def test_a_run_of_the_pipeline_deployment_completes_and_gates(
 
     messages = wait_for("the flow run's logs", logged, timeout=30, on_timeout=process.output)
     assert any(m.startswith("gaussian_nb: cv f1") for m in messages), messages
+
+
+def test_a_run_of_the_score_deployment_scores_incoming_files_into_scores(
+    served: tuple[Served, dict[str, dict[str, Any]]],
+    prefect_api: httpx.Client,
+    s3: Any,
+) -> None:
+    """The champion exists (the pipeline run above); a file dropped under incoming/ is
+    scored into scores/ by a run with no parameters, which publishes its summary."""
+    import pandas as pd
+
+    process, found = served
+    s3.pipe(f"{DATA_BUCKET}/incoming/users.csv", bundled_dataset())
+    created = (
+        prefect_api.post(f"/deployments/{found['score/socialads']['id']}/create_flow_run", json={})
+        .raise_for_status()
+        .json()
+    )
+    run_id = created["id"]
+
+    def finished() -> dict[str, Any] | None:
+        run = prefect_api.get(f"/flow_runs/{run_id}").raise_for_status().json()
+        return run if run["state"]["type"] in TERMINAL else None
+
+    run = wait_for(
+        "the score flow run to finish", finished, FLOW_RUN_TIMEOUT_S, 2.0, on_timeout=process.output
+    )
+    assert run["state"]["type"] == "COMPLETED", (
+        f"{run['state']['type']}: {run['state'].get('message')}\n{process.output()}"
+    )
+    with s3.open(f"{DATA_BUCKET}/scores/users.parquet", "rb") as handle:
+        scores = pd.read_parquet(handle)
+    assert len(scores) == 400 and set(scores["label"]) <= {"COMPRA", "NO COMPRA"}
+    query = {"artifacts": {"key": {"any_": ["score-summary"]}}}
+    artifacts = prefect_api.post("/artifacts/filter", json=query).raise_for_status().json()
+    assert any(a["flow_run_id"] == run_id and "users.parquet" in a["data"] for a in artifacts)
 
 
 def test_stopping_deploy_pauses_and_cron_deploy_schedules_the_pipeline(
