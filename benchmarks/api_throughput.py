@@ -115,7 +115,7 @@ def bare_app(style: str = "body") -> Any:
     return app
 
 
-def real_app(family: str, home: Path) -> Any:
+def real_app(family: str, home: Path, prediction_log: bool = True) -> Any:
     """The service's app, serving a freshly fitted pipeline as version 1, with its ONNX graph
     when the training-time check passes (as training stores it), else its Pipeline."""
     from datetime import UTC, datetime
@@ -146,7 +146,8 @@ def real_app(family: str, home: Path) -> Any:
             onnx_reason=exported.reason,
         )
 
-    return create_app(Settings(SOCIALADS_HOME=str(home)), loader)
+    settings = Settings(SOCIALADS_HOME=str(home), SOCIALADS_PREDICTION_LOG=prediction_log)
+    return create_app(settings, loader)
 
 
 def serve(kind: str, family: str, port: int, baseline: str) -> None:
@@ -161,7 +162,12 @@ def serve(kind: str, family: str, port: int, baseline: str) -> None:
         settings = Settings(
             SOCIALADS_HOME=tmp, SOCIALADS_API_HOST="127.0.0.1", SOCIALADS_API_PORT=port
         )
-        app = bare_app(baseline) if kind == "bare" else real_app(family, Path(tmp))
+        if kind == "real":
+            app = real_app(family, Path(tmp))
+        elif baseline == "nolog":  # the real app with its prediction log off
+            app = real_app(family, Path(tmp), prediction_log=False)
+        else:
+            app = bare_app(baseline)
         options = uvicorn_options(settings) | {"log_level": "warning"}
         uvicorn.run(app, **options)
 
@@ -306,6 +312,7 @@ def bench_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
         print(f"[{family}] engine {engine} ({served['estimator']}): {served['engine_reason']}")
         warm = argparse.Namespace(**vars(args) | {"duration": args.warmup})
         load(servers, ("bare", "real"), warm)  # connections, caches, first-call costs
+        print(f"[{family}] RSS after warm-up: {rss_mib(servers)}")
         runs: dict[str, list[dict[str, Any]]] = {"bare": [], "real": []}
         for round_no in range(args.rounds):
             if args.mode == "concurrent":
@@ -321,6 +328,7 @@ def bench_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
                         f"p99 {result['p99_ms']:6.2f} ms  errors {result['errors']}",
                         flush=True,
                     )
+        print(f"[{family}] RSS after the rounds: {rss_mib(servers)}")
     summary: dict[str, Any] = {"family": family, "engine": engine}
     for kind, results in runs.items():
         summary[kind] = {
@@ -331,6 +339,16 @@ def bench_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
     summary["ratio"] = summary["real"]["rps"] / summary["bare"]["rps"]
     summary["ratio_cpu"] = summary["real"]["rps_cpu"] / summary["bare"]["rps_cpu"]
     return summary
+
+
+def rss_mib(servers: dict[str, tuple[str, subprocess.Popen[bytes]]]) -> dict[str, float]:
+    """Resident memory of each server process (MiB), from /proc."""
+    sizes = {}
+    for kind, (_, proc) in servers.items():
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                sizes[kind] = round(int(line.split()[1]) / 1024, 1)
+    return sizes
 
 
 def print_table(summaries: list[dict[str, Any]], args: argparse.Namespace) -> None:
@@ -377,9 +395,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--baseline",
-        choices=("body", "raw"),
+        choices=("body", "raw", "nolog"),
         default="body",
-        help="bare endpoint: FastAPI body parameter (default) or raw-body validation",
+        help="bare endpoint: FastAPI body parameter (default) or raw-body validation; "
+        "nolog: the real app with its prediction log off (the cost of the log)",
     )
     parser.add_argument("--json", action="store_true", help="print the summaries as JSON too")
     parser.add_argument("--serve", choices=("bare", "real"), help=argparse.SUPPRESS)
