@@ -453,7 +453,11 @@ def _add_feedback_route(app: FastAPI, production: ProductionLog, guard: list[Any
         "/feedback",
         status_code=202,
         response_model=FeedbackResponse,
-        responses={**_BAD_INPUT, **_unauthorized(guard)},
+        responses={
+            **_BAD_INPUT,
+            **_unauthorized(guard),
+            413: {"model": ErrorResponse, "description": "Body too large"},
+        },
         dependencies=guard,
         tags=["predict"],
         summary="Record true outcomes",
