@@ -12,9 +12,8 @@ from socialads.data.lake import Lake
 from socialads.serving.scoring import (
     ScoreSummary,
     default_output,
-    open_model,
     pending_inputs,
-    score_file,
+    score,
     summary_markdown,
 )
 from socialads.settings import Settings
@@ -25,23 +24,14 @@ def score_one(
     settings: Settings, source: str, target: str, alias: str | None, model_version: str | None
 ) -> ScoreSummary:
     """Score one file into one Parquet file (written whole, so a retry is safe)."""
-    version, engine = open_model(settings, alias=alias, version=model_version)
-    lake = Lake.from_settings(settings)
-    summary = score_file(
-        settings,
-        source,
-        target,
-        version=version,
-        engine=engine,
-        log_lake=lake if settings.prediction_log else None,
-    )
+    summary = score(settings, source, target, alias=alias, version=model_version)
     get_run_logger().info(
         "%s → %s: %d scored, %d rejected, version %s",
         source,
         target,
         summary.rows_scored,
         summary.rows_rejected,
-        version,
+        summary.model_version,
     )
     return summary
 

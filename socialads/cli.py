@@ -455,13 +455,8 @@ def score(
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-        from socialads.data.lake import Lake
-        from socialads.serving.scoring import check_names, open_model, score_file
+        from socialads.serving.scoring import score
 
-        settings = state.settings
-        check_names(source, target)
-        version, engine = open_model(settings, alias=alias, version=model_version)
-        log_lake = Lake.from_settings(settings) if settings.prediction_log else None
         console = Console(stderr=True)
         with Progress(
             "[progress.description]{task.description}",
@@ -472,14 +467,13 @@ def score(
             disable=as_json or not console.is_terminal,
             transient=True,
         ) as progress:
-            task = progress.add_task(f"scoring with version {version}", total=None)
-            summary = score_file(
-                settings,
+            task = progress.add_task("scoring", total=None)
+            summary = score(
+                state.settings,
                 source,
                 target,
-                version=version,
-                engine=engine,
-                log_lake=log_lake,
+                alias=alias,
+                version=model_version,
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
         return summary.as_dict()

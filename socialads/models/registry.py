@@ -78,30 +78,30 @@ def champion_version(client: MlflowClient, settings: Settings) -> ModelVersion |
 
 def alias_version(client: MlflowClient, settings: Settings, alias: str) -> ModelVersion | None:
     """The version behind ``alias`` of the settings' model, or None when there is none."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(settings.model_name, alias)
-    except MlflowException as exc:
-        if getattr(exc, "error_code", "") in _MISSING:
-            return None
-        raise RegistryError(
-            f"reading the {alias!r} alias from {settings.mlflow_uri} failed: {exc}"
-        ) from exc
+    return _version_or_none(
+        lambda: client.get_model_version_by_alias(settings.model_name, alias),
+        f"reading the {alias!r} alias from {settings.mlflow_uri}",
+    )
 
 
 def find_version(client: MlflowClient, settings: Settings, version: str) -> ModelVersion | None:
     """Version ``version`` of the settings' model, or None when it does not exist."""
+    return _version_or_none(
+        lambda: client.get_model_version(settings.model_name, version),
+        f"reading version {version} from {settings.mlflow_uri}",
+    )
+
+
+def _version_or_none(read: Callable[[], ModelVersion], what: str) -> ModelVersion | None:
+    """``read()``; None when MLflow says it does not exist, RegistryError on other failures."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version(settings.model_name, version)
+        return read()
     except MlflowException as exc:
         if getattr(exc, "error_code", "") in _MISSING:
             return None
-        raise RegistryError(
-            f"reading version {version} from {settings.mlflow_uri} failed: {exc}"
-        ) from exc
+        raise RegistryError(f"{what} failed: {exc}") from exc
 
 
 def load_version(client: MlflowClient, settings: Settings, version: str) -> Pipeline:

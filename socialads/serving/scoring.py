@@ -112,6 +112,32 @@ def open_model(
     return version, engine
 
 
+def score(
+    settings: Settings,
+    source: str,
+    target: str,
+    *,
+    alias: str | None = None,
+    version: str | None = None,
+    on_progress: Callable[[int, int | None], None] | None = None,
+) -> ScoreSummary:
+    """Score ``source`` into ``target`` with a registered model (the champion by default),
+    logging the predictions unless the settings turn the log off."""
+    from socialads.data.lake import Lake
+
+    check_names(source, target)
+    chosen, engine = open_model(settings, alias=alias, version=version)
+    return score_file(
+        settings,
+        source,
+        target,
+        version=chosen,
+        engine=engine,
+        log_lake=Lake.from_settings(settings) if settings.prediction_log else None,
+        on_progress=on_progress,
+    )
+
+
 def _split_url(url: str, settings: Settings) -> tuple[AbstractFileSystem, str]:
     import fsspec
 
