@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from socialads.data.schema import AGE, BOUNDS, GENDERS, SALARY
 from socialads.errors import SocialAdsError
-from socialads.settings import SelectionMetric, closed_bounds
+from socialads.settings import SelectionMetric, option_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -163,31 +164,18 @@ def train(
     ctx: typer.Context,
     metric: Annotated[
         SelectionMetric | None,
-        typer.Option(help="Selection metric. (env SOCIALADS_SELECTION_METRIC, default f1)"),
+        typer.Option(**option_for("selection_metric", "Selection metric.")),
     ] = None,
     candidates: Annotated[
         str | None,
-        typer.Option(
-            help="Comma-separated candidate families, e.g. knn,svm_rbf. "
-            "(env SOCIALADS_CANDIDATES, default all six)"
-        ),
+        typer.Option(**option_for("candidates", "Comma-separated candidate families.")),
     ] = None,
     test_size: Annotated[
-        float | None,
-        typer.Option(
-            **closed_bounds("test_size"),
-            help="Holdout share. (env SOCIALADS_TEST_SIZE, default 0.2)",
-        ),
+        float | None, typer.Option(**option_for("test_size", "Holdout share."))
     ] = None,
-    random_state: Annotated[
-        int | None, typer.Option(help="Seed. (env SOCIALADS_RANDOM_STATE, default 42)")
-    ] = None,
+    random_state: Annotated[int | None, typer.Option(**option_for("random_state", "Seed."))] = None,
     cv_folds: Annotated[
-        int | None,
-        typer.Option(
-            **closed_bounds("cv_folds"),
-            help="Stratified CV folds. (env SOCIALADS_CV_FOLDS, default 5)",
-        ),
+        int | None, typer.Option(**option_for("cv_folds", "Stratified CV folds."))
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -279,9 +267,11 @@ def _print_leaderboard(report: dict[str, Any]) -> None:
 @app.command()
 def predict(
     ctx: typer.Context,
-    gender: Annotated[str, typer.Option(help="Female or Male (any letter case).")],
-    age: Annotated[float, typer.Option(help="Age in years (18 to 100).")],
-    salary: Annotated[float, typer.Option(help="Estimated yearly salary (0 to 1,000,000).")],
+    gender: Annotated[str, typer.Option(help=f"{' or '.join(GENDERS)} (any letter case).")],
+    age: Annotated[float, typer.Option(help=f"Age, {BOUNDS[AGE].describe()}.")],
+    salary: Annotated[
+        float, typer.Option(help=f"Estimated yearly salary, {BOUNDS[SALARY].describe()}.")
+    ],
 ) -> None:
     """Predict with the current champion and print JSON.
 
@@ -301,25 +291,15 @@ def predict(
 @app.command()
 def serve(
     ctx: typer.Context,
-    host: Annotated[str | None, typer.Option(help="Bind address. (env SOCIALADS_API_HOST)")] = None,
-    port: Annotated[
-        int | None,
-        typer.Option(
-            **closed_bounds("api_port"), help="Port. (env SOCIALADS_API_PORT, default 8800)"
-        ),
-    ] = None,
+    host: Annotated[str | None, typer.Option(**option_for("api_host", "Bind address."))] = None,
+    port: Annotated[int | None, typer.Option(**option_for("api_port", "Port."))] = None,
     workers: Annotated[
-        int | None,
-        typer.Option(
-            **closed_bounds("api_workers"),
-            help="uvicorn workers. (env SOCIALADS_API_WORKERS, default 1)",
-        ),
+        int | None, typer.Option(**option_for("api_workers", "uvicorn workers."))
     ] = None,
     reload_interval: Annotated[
         float | None,
         typer.Option(
-            help="Seconds between checks of the champion alias. "
-            "(env SOCIALADS_RELOAD_INTERVAL, default 10)",
+            **option_for("reload_interval", "Seconds between checks of the champion alias.")
         ),
     ] = None,
 ) -> None:
@@ -343,9 +323,7 @@ def deploy(
     ctx: typer.Context,
     cron: Annotated[
         str | None,
-        typer.Option(
-            help="Cron schedule of the pipeline deployment. (env SOCIALADS_PIPELINE_CRON)"
-        ),
+        typer.Option(**option_for("pipeline_cron", "Cron schedule of the pipeline deployment.")),
     ] = None,
 ) -> None:
     """Register the pipeline, data-prep and train deployments and serve them until stopped.

@@ -371,6 +371,22 @@ def closed_bounds(field: str) -> dict[str, float]:
     return bounds
 
 
+def option_for(field: str, text: str) -> dict[str, Any]:
+    """Keyword arguments of the command-line option that overrides ``Settings.<field>``: its
+    help (``text``, then the environment variable and the default, both from the field) and
+    its closed bounds (:func:`closed_bounds`)."""
+    default = Settings.model_fields[field].get_default(call_default_factory=True)
+    if default is None:
+        shown = "none"
+    elif isinstance(default, list):
+        shown = ",".join(map(str, default))
+    elif isinstance(default, float):
+        shown = f"{default:g}"
+    else:
+        shown = str(default)
+    return {"help": f"{text} (env {env_names(field)[0]}, default {shown})", **closed_bounds(field)}
+
+
 def describe_problems(exc: ValidationError) -> str:
     """One line naming every invalid setting, e.g. ``SOCIALADS_API_PORT: Input should ...``."""
     return "; ".join(

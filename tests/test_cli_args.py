@@ -59,3 +59,14 @@ def test_candidates_may_have_spaces_after_commas(tmp_path: Path) -> None:
     result = run_cli(tmp_path, env, "train", "--candidates", "knn, no_such_family", timeout=120)
     assert result.returncode == 2
     assert "unknown candidates ['no_such_family']" in result.stderr  # "knn" was accepted
+
+
+def test_option_help_names_the_setting_and_its_default(tmp_path: Path) -> None:
+    from socialads.settings import Settings
+
+    env = environ_without_tools() | {"SOCIALADS_HOME": str(tmp_path), "COLUMNS": "200"}
+    result = run_cli(tmp_path, env, "train", "--help", timeout=120)
+    assert result.returncode == 0, result.stderr
+    folds = Settings.model_fields["cv_folds"]
+    assert f"(env SOCIALADS_CV_FOLDS, default {folds.default})" in result.stdout
+    assert f"[{folds.metadata[0].ge}<=x<={folds.metadata[1].le}]" in result.stdout
