@@ -38,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -314,6 +315,7 @@ def bench_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
         load(servers, ("bare", "real"), warm)  # connections, caches, first-call costs
         print(f"[{family}] RSS after warm-up: {rss_mib(servers)}")
         runs: dict[str, list[dict[str, Any]]] = {"bare": [], "real": []}
+        sampler = RssSampler(servers, args.rss_every)
         for round_no in range(args.rounds):
             if args.mode == "concurrent":
                 steps: list[tuple[str, ...]] = [("bare", "real")]
@@ -328,7 +330,15 @@ def bench_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
                         f"p99 {result['p99_ms']:6.2f} ms  errors {result['errors']}",
                         flush=True,
                     )
+        sampler.stop()
         print(f"[{family}] RSS after the rounds: {rss_mib(servers)}")
+        for kind, series in sampler.series.items():
+            if series:
+                print(
+                    f"[{family}] {kind} RSS every {args.rss_every:g} s during the rounds (MiB): "
+                    f"{' '.join(f'{v:.0f}' for v in series)}; min {min(series):.1f}, "
+                    f"max {max(series):.1f}, last - first {series[-1] - series[0]:+.1f}"
+                )
     summary: dict[str, Any] = {"family": family, "engine": engine}
     for kind, results in runs.items():
         summary[kind] = {
@@ -339,6 +349,28 @@ def bench_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
     summary["ratio"] = summary["real"]["rps"] / summary["bare"]["rps"]
     summary["ratio_cpu"] = summary["real"]["rps_cpu"] / summary["bare"]["rps_cpu"]
     return summary
+
+
+class RssSampler:
+    """Samples each server's RSS every ``every`` seconds in a thread (none when ``every`` <= 0)."""
+
+    def __init__(self, servers: dict[str, tuple[str, subprocess.Popen[bytes]]], every: float):
+        self.series: dict[str, list[float]] = {kind: [] for kind in servers}
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        if every > 0:
+            self._thread = threading.Thread(target=self._run, args=(servers, every), daemon=True)
+            self._thread.start()
+
+    def _run(self, servers: dict[str, tuple[str, subprocess.Popen[bytes]]], every: float) -> None:
+        while not self._done.wait(every):
+            for kind, size in rss_mib(servers).items():
+                self.series[kind].append(size)
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def rss_mib(servers: dict[str, tuple[str, subprocess.Popen[bytes]]]) -> dict[str, float]:
@@ -387,6 +419,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per app")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument(
+        "--rss-every",
+        type=float,
+        default=0.0,
+        help="sample each server's RSS every N seconds during the rounds and print the series",
+    )
     parser.add_argument(
         "--mode",
         choices=("alternate", "concurrent"),
