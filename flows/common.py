@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prefect.cache_policies import NO_CACHE
@@ -11,7 +12,14 @@ from socialads.settings import Settings, settings_with
 
 
 def flow_settings(**overrides: Any) -> Settings:
-    """The flow's settings: environment and ``.env``, with the flow's non-null parameters."""
+    """The flow's settings: environment and ``.env``, with the flow's non-null parameters.
+
+    Also lets the library's INFO records through (Prefect forwards the ``socialads`` loggers
+    to the run's log, but its root logger passes only warnings).
+    """
+    library = logging.getLogger("socialads")
+    if library.level == logging.NOTSET:
+        library.setLevel(logging.INFO)
     return settings_with(**overrides)
 
 

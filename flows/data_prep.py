@@ -12,6 +12,7 @@ from socialads.data.lake import MANIFEST_KEY, PROCESSED, RAW_KEY, Lake, sha256
 from socialads.data.processed import Manifest, write_processed
 from socialads.data.validation import load_and_validate
 from socialads.features.preprocessing import fit_scaler, split
+from socialads.progress import step
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -22,21 +23,22 @@ if TYPE_CHECKING:
 @task(name="ingest-raw", **LAKE_IO)
 def ingest_raw(lake: Lake) -> bytes:
     """Put the bundled dataset in the lake if the raw file is missing, then read it."""
-    logger = get_run_logger()
-    if lake.ensure_raw():
-        logger.info(
-            "the lake had no raw file; uploaded the bundled dataset to %s", lake.uri(RAW_KEY)
-        )
-    data = lake.read_bytes(RAW_KEY)
-    logger.info("read %s (%d bytes, sha256 %s)", lake.uri(RAW_KEY), len(data), sha256(data)[:12])
+    with step("read", "data-prep", "read the raw file", lake.uri(RAW_KEY)) as note:
+        if lake.ensure_raw():
+            get_run_logger().info(
+                "the lake had no raw file; uploaded the bundled dataset to %s", lake.uri(RAW_KEY)
+            )
+        data = lake.read_bytes(RAW_KEY)
+        note.detail = f"{lake.uri(RAW_KEY)}, {len(data):,} bytes, sha256 {sha256(data)[:12]}"
     return data
 
 
 @task(name="validate", cache_policy=NO_CACHE)
 def validate_raw(data: bytes) -> pd.DataFrame:
     """Check the raw file against the schema; stops the run with the problems named."""
-    frame = load_and_validate(data)
-    get_run_logger().info("validated %d rows", len(frame))
+    with step("validate", "data-prep", "validate") as note:
+        frame = load_and_validate(data)
+        note.detail = f"{len(frame):,} rows"
     return frame
 
 
@@ -45,8 +47,9 @@ def split_data(
     frame: pd.DataFrame, test_size: float, random_state: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Stratified train/test split."""
-    train, test = split(frame, test_size, random_state)
-    get_run_logger().info("split: %d train / %d test rows", len(train), len(test))
+    with step("split", "data-prep", "stratified split") as note:
+        train, test = split(frame, test_size, random_state)
+        note.detail = f"{len(train):,} train / {len(test):,} test rows"
     return train, test
 
 
@@ -61,22 +64,22 @@ def write_outputs(
 ) -> Manifest:
     """Fit the scaler, write splits and scaler under a new run prefix, then switch the
     manifest to it (readers keep the previous run until then)."""
-    manifest = write_processed(
-        lake,
-        raw_sha256=sha256(raw),
-        raw_rows=len(frame),
-        train=train,
-        test=test,
-        scaler=fit_scaler(train),
-        test_size=settings.test_size,
-        random_state=settings.random_state,
-        keep=settings.processed_keep,
-    )
-    get_run_logger().info(
-        "wrote the splits and the scaler under %s and pointed %s at them",
-        lake.uri(f"{PROCESSED}/{manifest.run_id}/"),
-        MANIFEST_KEY,
-    )
+    with step("publish", "data-prep", "scale and publish") as note:
+        manifest = write_processed(
+            lake,
+            raw_sha256=sha256(raw),
+            raw_rows=len(frame),
+            train=train,
+            test=test,
+            scaler=fit_scaler(train),
+            test_size=settings.test_size,
+            random_state=settings.random_state,
+            keep=settings.processed_keep,
+        )
+        note.detail = (
+            f"splits and scaler under {lake.uri(f'{PROCESSED}/{manifest.run_id}/')}, "
+            f"{MANIFEST_KEY} points there"
+        )
     return manifest
 
 

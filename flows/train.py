@@ -39,15 +39,7 @@ def search(
 ) -> CandidateResult:
     """Grid-search one candidate with stratified k-fold CV; evaluate on the holdout."""
     result = search_named(settings, name, train, test)
-    get_run_logger().info(
-        "%s: cv %s %.4f, holdout f1 %.4f (%.1fs) %s",
-        name,
-        settings.selection_metric,
-        result.cv_score,
-        result.holdout["f1"],
-        result.fit_seconds,
-        result.best_params,
-    )
+    get_run_logger().info("%s: best parameters %s", name, result.best_params)
     return result
 
 
@@ -62,7 +54,6 @@ def register(
     """Log runs to MLflow, register the best Pipeline and move aliases by the gate."""
     report = track_and_register(settings, results, train, test, manifest, registry_lock)
     logger = get_run_logger()
-    logger.info("%s", report.decision.headline())
     best = next(r for r in results if r.name == report.best)
     known = {report.decision.version: best.onnx.model} if best.onnx and best.onnx.model else {}
     try:

@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -66,26 +67,29 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
+def _fail(message: str, code: int = 1, hint: str | None = None) -> NoReturn:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    if hint:
+        _say(hint)
     raise typer.Exit(code)
 
 
-def _run(state: State, action: Callable[[], Any]) -> Any:
-    """Run a command body; library errors become one line and an exit code."""
+def _run(state: State, action: Callable[[], Any], hint: str | None = None) -> Any:
+    """Run a command body; library errors become one line and an exit code (then ``hint``,
+    e.g. where the log is)."""
     try:
         return action()
     except SocialAdsError as exc:
         if state.verbose:
             raise
-        _fail(str(exc), exc.exit_code)
+        _fail(str(exc), exc.exit_code, hint)
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        _fail("interrupted", 130, hint)
     except Exception as exc:
         if state.verbose:
             raise
         first = (str(exc).strip().splitlines() or [""])[0]
-        _fail(f"{type(exc).__name__}: {first} (run with --verbose for details)")
+        _fail(f"{type(exc).__name__}: {first} (run with --verbose for details)", 1, hint)
 
 
 @app.callback()
@@ -134,24 +138,6 @@ KNOWN_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
 )
 
 
-class _OneLine(logging.Filter):
-    """Keeps Prefect's console quiet about tracebacks unless --verbose."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR:
-            record.msg = str(record.getMessage()).splitlines()[0]
-            record.args = None
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
-def _quiet_prefect_tracebacks() -> None:
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
-        for handler in logging.getLogger(name).handlers:
-            handler.addFilter(_OneLine())
-
-
 def _start_prefect(state: State) -> str:
     from flows.runtime import prepare_prefect
 
@@ -177,7 +163,12 @@ def train(
     cv_folds: Annotated[
         int | None, typer.Option(**option_for("cv_folds", "Stratified CV folds."))
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON (nothing else on stdout).")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the decision (and errors).")
+    ] = False,
 ) -> None:
     """Run the pipeline (data-prep, then train) and print the leaderboard and the decision.
 
@@ -199,33 +190,49 @@ def train(
     if candidates:
         overrides["candidates"] = checked.candidates  # split and stripped by the settings
 
+    from rich.console import Console
+    from rich.markup import escape
+
+    from socialads.console import StepDisplay, leaderboard_table, noise_to_file, stderr_console
+
+    log_file = state.settings.home / "logs" / "train.log"
+    console = stderr_console()
+    live = console.is_terminal and not (as_json or quiet or state.verbose)
+
     def body() -> dict[str, Any]:
         started = time.perf_counter()
+        api = _start_prefect(state)
+        if not (as_json or quiet):
+            _say(f"Prefect API: {api}")
+        from flows.pipeline import pipeline_flow
         from socialads.models.tracking import preload
 
-        preload(checked)  # MLflow's imports overlap with Prefect's start, data-prep and search
-        api = _start_prefect(state)
-        _say(f"Prefect API: {api}")
-        from flows.pipeline import pipeline_flow
-
-        if not state.verbose:
-            _quiet_prefect_tracebacks()
-        # With --json, stdout carries the report only: MLflow prints run URLs to stdout.
-        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        with ExitStack() as stack:
+            if not state.verbose:
+                stack.enter_context(noise_to_file(log_file))
+            elif as_json:  # stdout carries the report only (MLflow prints run URLs there)
+                stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+            if live:
+                stack.enter_context(StepDisplay(console, len(checked.candidates)))
+            preload(checked)  # MLflow's imports overlap with data-prep and the search
             result: dict[str, Any] = pipeline_flow(**overrides)
         result["seconds"] = round(time.perf_counter() - started, 1)
         return result
 
-    result = _run(state, body)
+    result = _run(state, body, hint=None if state.verbose else f"the run's log: {log_file}")
     report = result["train"]
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
         return
-    _print_leaderboard(report)
-    decision = report["decision"]
-    typer.echo("")
-    typer.secho(_headline(decision), bold=True)
-    typer.echo(f"run {report['run_id']} in {result['seconds']} s")
+    headline = _headline(report["decision"])
+    if quiet:
+        typer.echo(headline)
+        return
+    # Piped, the table keeps every column rather than fitting 80 characters.
+    out = Console(highlight=False, width=None if console.is_terminal else 160)
+    out.print(leaderboard_table(report))
+    out.print(f"[bold]{escape(headline)}[/]")
+    out.print(f"run {report['run_id']} in {result['seconds']} s; log: {log_file}", style="dim")
 
 
 def _with_options(**options: Any) -> Settings:
@@ -244,23 +251,6 @@ def _headline(decision: dict[str, Any]) -> str:
     from socialads.models.registry import Decision
 
     return Decision(**decision).headline()
-
-
-def _print_leaderboard(report: dict[str, Any]) -> None:
-    metric = report["metric"]
-    header = (
-        f"{'#':>2} {'candidate':<20} {'cv ' + metric:>9} {'acc':>6} {'prec':>6} "
-        f"{'recall':>6} {'f1':>6} {'auc':>6}  params"
-    )
-    typer.echo(header)
-    typer.echo("-" * len(header))
-    for row in report["leaderboard"]:
-        params = ", ".join(f"{k}={v}" for k, v in row["params"].items())
-        typer.echo(
-            f"{row['rank']:>2} {row['candidate']:<20} {row[f'cv_{metric}']:>9.4f} "
-            f"{row['accuracy']:>6.3f} {row['precision']:>6.3f} {row['recall']:>6.3f} "
-            f"{row['f1']:>6.3f} {row['roc_auc']:>6.3f}  {params}"
-        )
 
 
 # -- predict ------------------------------------------------------------------------------

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,6 +75,11 @@ def test_train_registers_a_champion_and_predict_answers(home: Path) -> None:
     assert "promoted version 1 to champion" in trained.stdout
     for name in ("gaussian_nb", "logistic_regression"):
         assert name in trained.stdout
+    # Prefect's and MLflow's console output goes to the run's log, not to the terminal.
+    log = (home / "logs" / "train.log").read_text()
+    assert "Beginning flow run" in log
+    assert "search gaussian_nb: done (cv f1" in log
+    assert "Beginning flow run" not in trained.stderr + trained.stdout
     lake = home / "lake"
     manifest = Manifest.from_json((lake / MANIFEST_KEY).read_bytes())
     for key in (RAW_KEY, manifest.train_key, manifest.test_key, manifest.scaler_key):
@@ -100,10 +108,63 @@ def test_train_registers_a_champion_and_predict_answers(home: Path) -> None:
 
 
 def test_second_training_on_the_same_data_keeps_the_champion(home: Path) -> None:
-    trained = run(home, "train")
-    assert trained.returncode == 0, trained.stderr[-3000:]
+    # stderr on a terminal: the steps are drawn live there; stdout (piped) gets the result.
+    trained, terminal = run_with_terminal_stderr(home, "train")
+    assert trained.returncode == 0, terminal[-3000:]
     assert "kept champion version 1" in trained.stdout
     assert registry_state(home) == (2, "1")
+    for line in (
+        "✓ data-prep validate  400 rows",
+        "✓ search gaussian_nb  cv f1 0.",
+        "✓ search logistic_regression  cv f1 0.",
+        "✓ register registry and promotion gate  kept champion version 1",
+    ):
+        assert line in terminal, terminal[-3000:]
+    assert "Beginning flow run" not in terminal
+
+
+def run_with_terminal_stderr(home: Path, *args: str) -> tuple[Ran, str]:
+    """Run the CLI with stderr on a pseudo-terminal; the call and what the terminal got."""
+    environment = environ_without_tools() | {
+        "SOCIALADS_HOME": str(home),
+        "SOCIALADS_CANDIDATES": "gaussian_nb,logistic_regression",
+        "TERM": "xterm",
+        "COLUMNS": "200",
+    }
+    environment.pop("NO_COLOR", None)
+    primary, secondary = os.openpty()
+    received: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # the child closed the terminal
+                return
+            if not chunk:
+                return
+            received.append(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        done = subprocess.run(
+            [*CLI, *args],
+            env=environment,
+            cwd=home,
+            stdout=subprocess.PIPE,
+            stderr=secondary,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+    finally:
+        os.close(secondary)
+        reader.join(10)
+        os.close(primary)
+    screen = b"".join(received).decode(errors="replace")
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen).replace("\r", "\n")
+    return Ran(args, done.returncode, done.stdout, "", 0.0), plain
 
 
 def set_champion(home: Path, version: str) -> None:
@@ -161,6 +222,9 @@ def test_corrupted_raw_file_fails_and_changes_nothing(home: Path) -> None:
     assert "Age" in trained.stderr
     assert "line 2" in trained.stderr
     assert "Traceback" not in trained.stderr + trained.stdout
+    log = home / "logs" / "train.log"
+    assert f"the run's log: {log}" in trained.stderr
+    assert "data-prep validate: failed" in log.read_text()
     assert registry_state(home) == before_registry
     assert processed_files(lake) == before_outputs
     (lake / RAW_KEY).write_bytes(raw)
@@ -218,3 +282,11 @@ def test_option_help_names_the_variable_behind_each_option(home: Path) -> None:
         shown = run(home, command, "--help", COLUMNS="200").stdout
         for variable in variables:
             assert variable in shown, (command, variable, shown)
+
+
+def test_quiet_train_prints_the_decision_only(home: Path) -> None:
+    trained = run(home, "train", "--quiet")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert trained.stdout.count("\n") == 1, trained.stdout
+    assert trained.stdout.startswith(("kept champion", "promoted version")), trained.stdout
+    assert trained.stderr == "", trained.stderr

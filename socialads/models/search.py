@@ -29,6 +29,8 @@ class CandidateResult:
     holdout: dict[str, float]
     fit_seconds: float
     confusion: list[list[int]] = field(default_factory=list)
+    cv_fold_scores: list[float] = field(default_factory=list)
+    """The best parameters' score on each CV fold."""
     onnx: OnnxExport | None = None
     """The Pipeline's checked ONNX graph (or why there is none); set by training."""
 
@@ -109,7 +111,17 @@ def search_candidate(
         holdout=holdout,
         fit_seconds=time.perf_counter() - started,
         confusion=confusion,
+        cv_fold_scores=[
+            float(search.cv_results_[f"split{fold}_test_score"][index]) for fold in range(cv_folds)
+        ],
     )
+
+
+def grid_size(candidate: Candidate) -> int:
+    """Parameter combinations the search of ``candidate`` tries."""
+    from sklearn.model_selection import ParameterGrid
+
+    return len(ParameterGrid(candidate.pipeline_grid()))
 
 
 def rank(results: list[CandidateResult]) -> list[CandidateResult]:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from socialads.errors import RegistryError, SocialAdsError
 from socialads.models.candidates import CANDIDATES
-from socialads.models.search import CandidateResult, rank, search_candidate
+from socialads.models.search import CandidateResult, grid_size, rank, search_candidate
+from socialads.progress import step
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -95,16 +96,27 @@ def search_named(
     then convert the winner to ONNX and check it (see :mod:`socialads.models.onnx_export`)."""
     from socialads.models.onnx_export import export
 
-    result = search_candidate(
-        CANDIDATES[name],
-        train,
-        test,
-        metric=settings.selection_metric,
-        cv_folds=settings.cv_folds,
-        random_state=settings.random_state,
-        n_jobs=settings.n_jobs,
-    )
-    result.onnx = export(result.pipeline, test)
+    candidate = CANDIDATES[name]
+    grid, folds = grid_size(candidate), settings.cv_folds
+    plan = f"{grid} settings x {folds} folds = {grid * folds} fits"
+    with step(f"search:{name}", "search", name, plan) as note:
+        result = search_candidate(
+            candidate,
+            train,
+            test,
+            metric=settings.selection_metric,
+            cv_folds=folds,
+            random_state=settings.random_state,
+            n_jobs=settings.n_jobs,
+        )
+        result.onnx = export(result.pipeline, test)
+        metric = settings.selection_metric
+        note.detail = (
+            f"cv {metric} {result.cv_score:.4f} ± {result.cv_std:.4f} "
+            f"[{' '.join(f'{s:.3f}' for s in result.cv_fold_scores)}], "
+            f"holdout {metric} {result.score(metric):.4f}, {result.fit_seconds:.1f} s, "
+            f"{'ONNX' if result.onnx.model is not None else 'scikit-learn'} serving"
+        )
     if result.onnx.reason:
         log.info("%s will be served by scikit-learn: %s", name, result.onnx.reason)
     return result
@@ -166,25 +178,29 @@ def _track_and_register(
     experiment_id = tracking.ensure_experiment(client, settings)
     parent = tracking.start_parent_run(client, experiment_id, lineage, settings)
     try:
-        for result in ranked:
-            tracking.log_candidate(client, experiment_id, parent, result, test, lineage, metric)
-        summary = {f"best_holdout_{k}": v for k, v in best.holdout.items()}
-        summary[f"best_cv_{metric}"] = best.cv_score
-        if best.onnx is not None:
-            summary |= best.onnx.metrics()
-        tracking.log_batch(client, parent, {"best_candidate": best.name}, summary)
-        model = tracking.log_best_model(settings, parent, best, train, metric)
+        with step("track", "register", "MLflow runs and model", settings.mlflow_uri) as note:
+            for result in ranked:
+                tracking.log_candidate(client, experiment_id, parent, result, test, lineage, metric)
+            summary = {f"best_holdout_{k}": v for k, v in best.holdout.items()}
+            summary[f"best_cv_{metric}"] = best.cv_score
+            if best.onnx is not None:
+                summary |= best.onnx.metrics()
+            tracking.log_batch(client, parent, {"best_candidate": best.name}, summary)
+            model = tracking.log_best_model(settings, parent, best, train, metric)
+            note.detail = f"run {parent}, {len(ranked)} candidate runs, {best.name} logged"
         reason = best.onnx.reason if best.onnx is not None else "not converted to ONNX"
-        decision = registry.register_and_gate(
-            client,
-            settings,
-            model,
-            parent,
-            best.score(metric),
-            test,
-            gate_lock,
-            version_tags={registry.TAG_ONNX_REASON: reason} if reason else None,
-        )
+        with step("gate", "register", "registry and promotion gate") as note:
+            decision = registry.register_and_gate(
+                client,
+                settings,
+                model,
+                parent,
+                best.score(metric),
+                test,
+                gate_lock,
+                version_tags={registry.TAG_ONNX_REASON: reason} if reason else None,
+            )
+            note.detail = decision.headline()
     except BaseException:
         with contextlib.suppress(Exception):  # the server may be the thing that failed
             tracking.finish_run(client, parent, failed=True)
