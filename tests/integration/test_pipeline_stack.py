@@ -608,11 +608,15 @@ def test_a_run_of_the_pipeline_deployment_completes_and_gates(
             "/logs/filter", json={"logs": {"flow_run_id": {"any_": run_ids}}, "limit": 200}
         ).json()
         messages = [entry["message"] for entry in logs]
-        wanted = ("Beginning flow run", "validated 400 rows", f"version {newest.version}")
+        wanted = (
+            "Beginning flow run",
+            "data-prep validate: done (400 rows)",
+            f"version {newest.version}",
+        )
         return messages if all(any(w in m for m in messages) for w in wanted) else None
 
     messages = wait_for("the flow run's logs", logged, timeout=30, on_timeout=process.output)
-    assert any(m.startswith("gaussian_nb: cv f1") for m in messages), messages
+    assert any(m.startswith("search gaussian_nb: done (cv f1") for m in messages), messages
 
 
 def test_a_run_of_the_score_deployment_scores_incoming_files_into_scores(
