@@ -565,7 +565,7 @@ def test_poller_follows_the_alias_and_survives_failures(
 ) -> None:
     registry = Registry(pipelines)
     app = create_app(make_settings(tmp_path), registry.load, probe=registry.probe)
-    store = app.state.store
+    store = app.state.services.store
     with TestClient(app) as client:
         ready(client)
         loads = registry.loads

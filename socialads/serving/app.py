@@ -23,7 +23,7 @@ from fastapi import Depends, FastAPI
 from socialads import __version__
 from socialads.errors import SocialAdsError
 from socialads.serving.api import errors
-from socialads.serving.api.deps import require_api_key
+from socialads.serving.api.deps import Services, require_api_key
 from socialads.serving.api.middleware import EdgeMiddleware
 from socialads.serving.api.routes import admin, feedback, ops, predict
 from socialads.serving.metrics import ServingMetrics
@@ -94,10 +94,7 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.store = store
-    app.state.metrics = metrics
-    app.state.production_log = production
+    app.state.services = Services(settings, store, metrics, production)
 
     # The key guards the routes that predict, record or reload; without a key configured
     # they carry no guard at all (nothing to check, nothing to document).
@@ -109,8 +106,8 @@ def create_app(
     # The limits are settings: documented per app, where the routers are included.
     too_large = f"body over {settings.max_body_bytes} bytes (SOCIALADS_MAX_BODY_BYTES)"
     too_many = f"batch over {settings.batch_max_records} records (SOCIALADS_BATCH_MAX_RECORDS)"
-    app.include_router(
-        predict.router,
+    predict.add_routes(
+        app,
         responses={**unauthorized, **errors.documented(413, f"A {too_many}, or a {too_large}")},
         **guard,
     )

@@ -1,14 +1,16 @@
 """The API's dependencies, as ``Annotated`` aliases for the routes' signatures.
 
 The app's long-lived objects (settings, model store, metrics, prediction log) are built once
-by :func:`socialads.serving.app.create_app` and kept on ``app.state``; the dependencies below
-hand them to the routes, so no module holds any of them.
+by :func:`socialads.serving.app.create_app` and kept on ``app.state.services``
+(:class:`Services`); the dependencies below hand them to the routes, so no module holds any
+of them.
 """
 
 from __future__ import annotations
 
 import hmac
-from typing import TYPE_CHECKING, Annotated, cast
+from dataclasses import dataclass
+from typing import Annotated, cast
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
@@ -19,38 +21,28 @@ from socialads.serving.model_store import LoadedModel, ModelStore
 from socialads.serving.predlog import ProductionLog, request_id
 from socialads.settings import Settings
 
-if TYPE_CHECKING:
-    from starlette.datastructures import State
-
 API_KEY_HEADER = "X-API-Key"  # pragma: allowlist secret (a header name)
 REQUEST_ID_HEADER = "X-Request-ID"
 
 
-# Plain accessors: /predict calls them directly (see socialads.serving.api.routes.predict),
-# the dependencies below wrap them for every other route.
-def settings_of(request: Request) -> Settings:
-    """The settings the app was built with."""
-    return cast(Settings, _state(request).settings)
+@dataclass(frozen=True, slots=True)
+class Services:
+    """The app's long-lived objects, built once by ``create_app`` (``app.state.services``)."""
+
+    settings: Settings
+    store: ModelStore
+    metrics: ServingMetrics
+    production_log: ProductionLog
+
+    @property
+    def recorder(self) -> ProductionLog | None:
+        """Where predictions are recorded; None when SOCIALADS_PREDICTION_LOG is off."""
+        return self.production_log if self.settings.prediction_log else None
 
 
-def store_of(request: Request) -> ModelStore:
-    """The model store (the served model, its reloads)."""
-    return cast(ModelStore, _state(request).store)
-
-
-def metrics_of(request: Request) -> ServingMetrics:
-    """The app's Prometheus metrics."""
-    return cast(ServingMetrics, _state(request).metrics)
-
-
-def production_log_of(request: Request) -> ProductionLog:
-    """The prediction and feedback logs."""
-    return cast(ProductionLog, _state(request).production_log)
-
-
-def recorder_of(request: Request) -> ProductionLog | None:
-    """Where predictions are recorded; None when SOCIALADS_PREDICTION_LOG is off."""
-    return production_log_of(request) if settings_of(request).prediction_log else None
+def services_of(request: Request) -> Services:
+    """The services of the request's app (/predict calls this directly; see its module)."""
+    return cast(Services, request.app.state.services)
 
 
 def request_id_of(request: Request) -> str:
@@ -58,29 +50,25 @@ def request_id_of(request: Request) -> str:
     return request_id(request.headers.get(REQUEST_ID_HEADER))
 
 
-def _state(request: Request) -> State:
-    return cast("State", request.app.state)
-
-
 # Async: FastAPI runs a plain ``def`` dependency in its thread pool.
 async def get_settings(request: Request) -> Settings:
     """Dependency: the settings."""
-    return settings_of(request)
+    return services_of(request).settings
 
 
 async def get_store(request: Request) -> ModelStore:
-    """Dependency: the model store."""
-    return store_of(request)
+    """Dependency: the model store (the served model, its reloads)."""
+    return services_of(request).store
 
 
 async def get_metrics(request: Request) -> ServingMetrics:
     """Dependency: the metrics."""
-    return metrics_of(request)
+    return services_of(request).metrics
 
 
 async def get_production_log(request: Request) -> ProductionLog:
     """Dependency: the prediction and feedback logs."""
-    return production_log_of(request)
+    return services_of(request).production_log
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -99,7 +87,7 @@ ServedModel = Annotated[LoadedModel, Depends(served_model)]
 
 async def prediction_recorder(request: Request) -> ProductionLog | None:
     """Dependency: where predictions are recorded (None: the log is off)."""
-    return recorder_of(request)
+    return services_of(request).recorder
 
 
 PredictionRecorder = Annotated[ProductionLog | None, Depends(prediction_recorder)]

@@ -1,22 +1,31 @@
-"""POST /predict and POST /predict/batch.
+"""POST /predict and POST /predict/batch, added to the app by :func:`add_routes`.
 
-/predict is the hot path. It reads its body itself with ``PredictRequest.model_validate_json``
-(JSON and constraints in pydantic-core, one pass) instead of a FastAPI body parameter, which
-would add FastAPI's content-type parsing, ``json.loads`` and a second validation pass; its
-body is documented with ``openapi_extra`` (``PredictRequest`` is in the components through
-the batch body). It answers bytes rendered from pre-encoded pieces: the ``response_model``
-documents them, no serialiser runs.
+/predict is the hot path, and three choices keep it as fast as before the app was split
+into routers (``benchmarks/api_throughput.py``, LR family, req/s of the real app over the
+bare one in the same run):
 
-The batch limit is a setting, so it is checked here from the settings dependency (413) rather
-than declared in the body model, whose class is fixed when the route is defined.
+- its routes are added to the app itself, not through ``include_router``: FastAPI 0.150
+  dispatches a request to an included router's route in two passes (about 8% of /predict's
+  throughput here);
+- it takes no dependency parameter: FastAPI's solver costs about 10 µs per dependency, and it
+  reads :class:`~socialads.serving.api.deps.Services` directly instead (one lookup);
+- it reads its body itself with ``PredictRequest.model_validate_json`` (JSON and constraints
+  in pydantic-core, one pass): a FastAPI body parameter adds content-type parsing,
+  ``json.loads`` and a second validation pass. The body is documented with
+  ``openapi_extra`` (``PredictRequest`` is in the components through the batch body), and the
+  answer is bytes rendered from pre-encoded pieces: the ``response_model`` documents them, no
+  serialiser runs.
+
+The batch limit is a setting, so /predict/batch checks it from the settings dependency (413)
+rather than declaring it in the body model, whose class is fixed when the route is defined.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import FastAPI, Request, Response, params
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -32,7 +41,7 @@ from socialads.serving.api.deps import (
 )
 from socialads.serving.metrics import ServingMetrics
 from socialads.serving.model_store import LoadedModel
-from socialads.serving.predlog import ProductionLog
+from socialads.serving.predlog import ProductionLog, request_id
 from socialads.serving.schemas import (
     BatchRequest,
     BatchResponse,
@@ -42,6 +51,7 @@ from socialads.serving.schemas import (
 )
 
 JSON = "application/json"
+_REQUEST_ID_RAW = REQUEST_ID_HEADER.lower().encode()
 _PREDICT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -50,44 +60,38 @@ _PREDICT_BODY: dict[str, Any] = {
 }
 
 
-def _sent_json(headers: Sequence[tuple[bytes, bytes]]) -> bool:
-    """True when the Content-Type is JSON (``application/json`` or ``*/*+json``)."""
+def _json_and_request_id(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bool, str | None]:
+    """Whether the Content-Type is JSON (``application/json`` or ``*/*+json``), and the
+    ``X-Request-ID`` sent (one pass over the raw headers)."""
+    json_sent = False
+    sent_id = None
     for name, value in headers:
         if name == b"content-type":
             media = value.split(b";", 1)[0].strip().lower()
-            return media == b"application/json" or (
+            json_sent = media == b"application/json" or (
                 media.startswith(b"application/") and media.endswith(b"+json")
             )
-    return False
+        elif name == _REQUEST_ID_RAW:
+            sent_id = value.decode("latin-1")
+    return json_sent, sent_id
 
 
-router = APIRouter(tags=["predict"])
-
-
-@router.post(
-    "/predict",
-    response_model=PredictResponse,
-    responses={**errors.BAD_INPUT, **errors.NOT_READY},
-    summary="Predict one user",
-    openapi_extra=_PREDICT_BODY,
-)
 async def predict(request: Request) -> Response:
     """Whether the user buys (1, COMPRA) or not (0, NO COMPRA), with P(1)."""
-    # No dependency parameters here: each costs FastAPI's solver ~10 µs a request, several
-    # % of this route's throughput (benchmarks/api_throughput.py); the same accessors are
-    # called directly instead.
     body = await request.body()
-    if not _sent_json(request.scope["headers"]):
+    json_sent, sent_id = _json_and_request_id(request.scope["headers"])
+    if not json_sent:
         raise errors.invalid_body(body, json_content_type=False)
     try:
         record = PredictRequest.model_validate_json(body)
     except ValidationError as exc:
         raise errors.invalid_body(body, errors=exc.errors(include_url=False)) from None
-    model = deps.store_of(request).require()  # read once: a reload rebinds, never mutates
+    services = deps.services_of(request)
+    model = services.store.require()  # read once: a reload rebinds, never mutates
     prediction, probability = await model.batcher.predict(record.gender, record.age, record.salary)
-    deps.metrics_of(request).count_prediction(prediction)
-    rid = deps.request_id_of(request)
-    recorder = deps.recorder_of(request)
+    services.metrics.count_prediction(prediction)
+    rid = request_id(sent_id)
+    recorder = services.recorder
     if recorder is not None:
         features = (record.gender, record.age, record.salary)
         recorder.prediction(rid, "api", model.version, features, probability, prediction)
@@ -98,12 +102,6 @@ async def predict(request: Request) -> Response:
     )
 
 
-@router.post(
-    "/predict/batch",
-    response_model=BatchResponse,
-    responses={**errors.BAD_INPUT, **errors.NOT_READY},
-    summary="Predict many users",
-)
 async def predict_batch(
     batch: BatchRequest,
     settings: SettingsDep,
@@ -119,6 +117,36 @@ async def predict_batch(
     model = store.require()
     body = predict_rows(model, records, metrics, rid, recorder)
     return JSONResponse(body, headers={REQUEST_ID_HEADER: rid})
+
+
+def add_routes(
+    app: FastAPI,
+    *,
+    dependencies: Sequence[params.Depends] = (),
+    responses: Mapping[int | str, dict[str, Any]] | None = None,
+) -> None:
+    """Add /predict and /predict/batch to ``app`` (``dependencies``, ``responses``: the
+    app's guard and its documented limits)."""
+    common: dict[str, Any] = {"methods": ["POST"], "tags": ["predict"]}
+    common["dependencies"] = list(dependencies)
+    documented = {**(responses or {}), **errors.BAD_INPUT, **errors.NOT_READY}
+    app.add_api_route(
+        "/predict",
+        predict,
+        response_model=PredictResponse,
+        responses=documented,
+        summary="Predict one user",
+        openapi_extra=_PREDICT_BODY,
+        **common,
+    )
+    app.add_api_route(
+        "/predict/batch",
+        predict_batch,
+        response_model=BatchResponse,
+        responses=documented,
+        summary="Predict many users",
+        **common,
+    )
 
 
 def predict_rows(
@@ -177,4 +205,4 @@ def predict_rows(
     }
 
 
-__all__ = ["predict_rows", "router"]
+__all__ = ["add_routes", "predict_rows"]
