@@ -1,11 +1,13 @@
-"""The FastAPI app: :func:`create_app` builds the service's objects and assembles the routers.
+"""The FastAPI app: :func:`create_app` builds the service's objects and assembles the routes.
 
 One app instance owns one :class:`~socialads.serving.model_store.ModelStore`, one
 :class:`~socialads.serving.metrics.ServingMetrics` and one
-:class:`~socialads.serving.predlog.ProductionLog`, kept on ``app.state`` for the
+:class:`~socialads.serving.predlog.ProductionLog`, kept on ``app.state.services`` for the
 dependencies of :mod:`socialads.serving.api.deps`; the lifespan starts and stops them.
-Routes live in :mod:`socialads.serving.api.routes` (one router per area), the translation
-of errors in :mod:`socialads.serving.api.errors`, the body limit and request metrics in
+Routes live in :mod:`socialads.serving.api.routes` (an ``APIRouter`` per area; the two
+prediction routes are added to the app itself, see
+:mod:`~socialads.serving.api.routes.predict`), the translation of errors in
+:mod:`socialads.serving.api.errors`, the body limit and request metrics in
 :class:`~socialads.serving.api.middleware.EdgeMiddleware` (a plain ASGI middleware, about
 2 µs a request). Throughput is measured with ``benchmarks/api_throughput.py``.
 """
@@ -103,7 +105,7 @@ def create_app(
     if settings.api_key is not None:
         guard = {"dependencies": [Depends(require_api_key)]}
         unauthorized = errors.UNAUTHORIZED
-    # The limits are settings: documented per app, where the routers are included.
+    # The limits are settings: documented per app, where the routes are added.
     too_large = f"body over {settings.max_body_bytes} bytes (SOCIALADS_MAX_BODY_BYTES)"
     too_many = f"batch over {settings.batch_max_records} records (SOCIALADS_BATCH_MAX_RECORDS)"
     predict.add_routes(

@@ -62,17 +62,18 @@ _PREDICT_BODY: dict[str, Any] = {
 
 def _json_and_request_id(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bool, str | None]:
     """Whether the Content-Type is JSON (``application/json`` or ``*/*+json``), and the
-    ``X-Request-ID`` sent (one pass over the raw headers)."""
-    json_sent = False
-    sent_id = None
+    ``X-Request-ID`` sent: the first of each, in one pass over the raw headers."""
+    media: bytes | None = None
+    sent_id: str | None = None
     for name, value in headers:
-        if name == b"content-type":
+        if name == b"content-type" and media is None:
             media = value.split(b";", 1)[0].strip().lower()
-            json_sent = media == b"application/json" or (
-                media.startswith(b"application/") and media.endswith(b"+json")
-            )
-        elif name == _REQUEST_ID_RAW:
+        elif name == _REQUEST_ID_RAW and sent_id is None:
             sent_id = value.decode("latin-1")
+    json_sent = media is not None and (
+        media == b"application/json"
+        or (media.startswith(b"application/") and media.endswith(b"+json"))
+    )
     return json_sent, sent_id
 
 
@@ -127,8 +128,11 @@ def add_routes(
 ) -> None:
     """Add /predict and /predict/batch to ``app`` (``dependencies``, ``responses``: the
     app's guard and its documented limits)."""
-    common: dict[str, Any] = {"methods": ["POST"], "tags": ["predict"]}
-    common["dependencies"] = list(dependencies)
+    common: dict[str, Any] = {
+        "methods": ["POST"],
+        "tags": ["predict"],
+        "dependencies": dependencies,
+    }
     documented = {**(responses or {}), **errors.BAD_INPUT, **errors.NOT_READY}
     app.add_api_route(
         "/predict",
