@@ -204,8 +204,8 @@ class BatchRequest(BaseModel):
 
     records: list[BatchRow] = Field(
         description="Records shaped like PredictRequest, at most SOCIALADS_BATCH_MAX_RECORDS "
-        "(1000 by default; more → 413); invalid rows are reported in `errors`, the valid ones "
-        "still get predictions."
+        "(this service's figure is in the 413 answer); invalid rows are reported in `errors`, "
+        "the valid ones still get predictions."
     )
 
 
