@@ -108,12 +108,16 @@ api_key_header = APIKeyHeader(
 
 
 async def require_api_key(
-    settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)]
+    request: Request, key: Annotated[str | None, Security(api_key_header)]
 ) -> None:
-    """401 unless the request's X-API-Key is the configured key (when one is configured)."""
-    if settings.api_key is None:
+    """401 unless the request's X-API-Key is the configured key (when one is configured).
+
+    Reads the settings itself rather than through ``SettingsDep``: it guards /predict, where
+    every dependency costs (see socialads.serving.api.routes.predict).
+    """
+    configured = services_of(request).settings.api_key
+    if configured is None:
         return
-    expected = settings.api_key.get_secret_value().encode()
     # compare_digest: the time taken does not tell how much of the key matched.
-    if key is None or not hmac.compare_digest(key.encode(), expected):
+    if key is None or not hmac.compare_digest(key.encode(), configured.get_secret_value().encode()):
         raise HTTPException(401, f"missing or wrong {API_KEY_HEADER} header")
