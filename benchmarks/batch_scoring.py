@@ -78,7 +78,7 @@ def bench(family: str, args: argparse.Namespace) -> dict[str, Any]:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"[{family}] the app did not become ready")
                 time.sleep(0.2)
-            engine = app.state.store.current.engine
+            engine = app.state.services.store.current.engine
             genders, ages, salaries = records(args.rows)
             best = float("inf")
             for _ in range(args.repeat):

@@ -60,6 +60,16 @@ class NoChampionError(SocialAdsError):
         )
 
 
+class ModelNotReadyError(SocialAdsError):
+    """No model is being served yet: the first load is in progress or failing."""
+
+    exit_code = 3
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"no model loaded yet: {reason}")
+
+
 class UnknownVersionError(SocialAdsError):
     """The registry has no such version of the model."""
 

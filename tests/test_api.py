@@ -565,7 +565,7 @@ def test_poller_follows_the_alias_and_survives_failures(
 ) -> None:
     registry = Registry(pipelines)
     app = create_app(make_settings(tmp_path), registry.load, probe=registry.probe)
-    store = app.state.store
+    store = app.state.services.store
     with TestClient(app) as client:
         ready(client)
         loads = registry.loads
@@ -681,3 +681,26 @@ def test_the_log_can_be_turned_off(
         ready(client)
         assert client.post("/predict", json=BUYER).status_code == 200
     assert not (tmp_path / "lake" / "predictions").exists()
+
+
+def test_not_ready_has_one_body_everywhere(tmp_path: Path) -> None:
+    """Before a model: /ready, /predict, /predict/batch and /model answer the same 503 body."""
+
+    def loader(settings: Settings) -> ChampionModel:
+        raise NoChampionError("no 'champion' model yet")
+
+    with TestClient(create_app(make_settings(tmp_path), loader)) as client:
+        wait_until(lambda: "no 'champion'" in client.get("/ready").text)
+        answers = [
+            client.get("/ready"),
+            client.post("/predict", json=BUYER),
+            client.post("/predict/batch", json={"records": [BUYER]}),
+            client.get("/model"),
+        ]
+    assert [response.status_code for response in answers] == [503] * 4
+    body = answers[0].json()
+    assert set(body) == {"error", "status", "reason", "detail"}
+    assert (body["error"], body["status"]) == ("not_ready", "not_ready")
+    assert "no 'champion' model yet" in body["reason"]
+    assert body["detail"] == f"no model loaded yet: {body['reason']}"
+    assert all(response.json() == body for response in answers)

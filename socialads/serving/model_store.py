@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from socialads.data.schema import CLASSES, label_for
-from socialads.errors import NoChampionError, RegistryError, SocialAdsError
+from socialads.errors import ModelNotReadyError, NoChampionError, RegistryError, SocialAdsError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -190,6 +190,13 @@ class ModelStore:
         self._failed_version: str | None = None
         self._failures = 0
         self._retry_at = 0.0
+
+    def require(self) -> LoadedModel:
+        """The served model; raises ModelNotReadyError (with the reason) before the first load."""
+        model = self.current
+        if model is None:
+            raise ModelNotReadyError(self.last_error or "the first load is in progress")
+        return model
 
     # -- loading ------------------------------------------------------------------------------
     def load_blocking(self) -> LoadedModel:

@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    TypeAdapter,
+)
 
 from socialads.data.production import REQUEST_ID_MAX_LENGTH
 from socialads.data.schema import (
@@ -147,6 +154,15 @@ class ErrorResponse(BaseModel):
     errors: list[FieldError] | None = None
 
 
+class NotReadyResponse(ErrorResponse):
+    """Every "no model yet" answer (503): /ready, /predict, /predict/batch, /model."""
+
+    error: Literal["not_ready"] = "not_ready"
+    detail: str = Field(examples=["no model loaded yet: the first load is in progress"])
+    status: Literal["not_ready"] = Field(default="not_ready", description="As GET /ready says.")
+    reason: str = Field(description="Why no model is served yet (the last load's error).")
+
+
 class ModelInfo(BaseModel):
     """The model being served."""
 
@@ -174,31 +190,36 @@ class ReloadResponse(BaseModel):
     detail: str
 
 
+def _as_sent(value: Any) -> Any:
+    return value
+
+
+BatchRow = Annotated[Any, PlainValidator(_as_sent, json_schema_input_type=PredictRequest)]
+"""A row of a batch: documented as a PredictRequest, kept as sent. The route validates each
+row on its own, so that an invalid row does not reject the whole batch."""
+
+
 class BatchRequest(BaseModel):
     """A batch of records; each is validated on its own."""
 
-    records: list[Any]
-
-
-def batch_request_model(max_records: int) -> type[BatchRequest]:
-    """The batch body with this service's limit in its documentation.
-
-    Rows are typed ``Any`` on purpose: an invalid row must not reject the whole batch.
-    """
-    records = Field(
-        description=f"Up to {max_records} records shaped like PredictRequest; invalid rows "
-        "are reported in `errors`, the valid ones still get predictions.",
-        json_schema_extra={
-            "items": {"$ref": "#/components/schemas/PredictRequest"},
-            "maxItems": max_records,
-        },
+    records: list[BatchRow] = Field(
+        description="Records shaped like PredictRequest, at most SOCIALADS_BATCH_MAX_RECORDS "
+        "(this service's figure is in the 413 answer); invalid rows are reported in `errors`, "
+        "the valid ones still get predictions."
     )
-    return create_model(
-        "BatchRequest",
-        __base__=BatchRequest,
-        __doc__=BatchRequest.__doc__,
-        records=(list[Any], records),
-    )
+
+
+class ReadyResponse(BaseModel):
+    """GET /ready once a model is loaded."""
+
+    status: Literal["ready"]
+    model_version: str
+
+
+def feedback_body_schema() -> dict[str, Any]:
+    """POST /feedback's body in OpenAPI: one FeedbackItem or a list of them (self-contained)."""
+    item = FeedbackItem.model_json_schema()
+    return {"oneOf": [item, {"type": "array", "items": item}]}
 
 
 RECORD_SHAPE = "a JSON object with Gender, Age and EstimatedSalary"
