@@ -165,16 +165,34 @@ def prune_runs(lake: Lake, keep: int, *, current: str) -> list[str]:
 
 def read_processed(lake: Lake) -> tuple[pd.DataFrame, pd.DataFrame, Manifest]:
     """Read the splits of the run the pointer names, checking their hashes."""
-    import pandas as pd
-
-    from socialads.data.validation import validate
-
     if not lake.exists(MANIFEST_KEY):
         raise LakeError(
             f"no processed data in the lake {lake.where()} (missing {MANIFEST_KEY}); "
             "run the data-prep step first (`socialads train` runs both)"
         )
     manifest = Manifest.from_json(lake.read_bytes(MANIFEST_KEY))
+    return *_read_splits(lake, manifest), manifest
+
+
+def read_run(lake: Lake, run_id: str) -> tuple[pd.DataFrame, pd.DataFrame, Manifest]:
+    """Read the splits of data-prep run ``run_id`` (current or not), checked against the
+    hashes of that run's own manifest: what a model trained on that run saw."""
+    key = run_key(run_id, RUN_MANIFEST_FILE)
+    if not lake.exists(key):
+        raise LakeError(
+            f"the data-prep run {run_id} is no longer in the lake {lake.where()} (missing "
+            f"{key}; SOCIALADS_PROCESSED_KEEP keeps the newest runs only): train again so "
+            "that the champion's training data is in the lake"
+        )
+    manifest = Manifest.from_json(lake.read_bytes(key))
+    return *_read_splits(lake, manifest), manifest
+
+
+def _read_splits(lake: Lake, manifest: Manifest) -> tuple[pd.DataFrame, pd.DataFrame]:
+    import pandas as pd
+
+    from socialads.data.validation import validate
+
     frames = []
     for key, expected in (
         (manifest.train_key, manifest.train_sha256),
@@ -189,4 +207,4 @@ def read_processed(lake: Lake) -> tuple[pd.DataFrame, pd.DataFrame, Manifest]:
                 ]
             )
         frames.append(validate(pd.read_csv(io.BytesIO(data), dtype=str)))
-    return frames[0], frames[1], manifest
+    return frames[0], frames[1]

@@ -142,16 +142,16 @@ def global_tracking_uri(uri: str) -> Iterator[None]:
             variable.set(exported)
 
 
-def ensure_experiment(client: MlflowClient, settings: Settings) -> str:
-    """The experiment's id, created on first use (with local artifacts for the embedded store)."""
-    experiment = client.get_experiment_by_name(settings.experiment_name)
+def ensure_experiment(client: MlflowClient, settings: Settings, name: str | None = None) -> str:
+    """The id of experiment ``name`` (default: the training experiment), created on first use
+    (with local artifacts for the embedded store)."""
+    name = name or settings.experiment_name
+    experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
-    return client.create_experiment(
-        settings.experiment_name, artifact_location=settings.mlflow_artifact_root
-    )
+    return client.create_experiment(name, artifact_location=settings.mlflow_artifact_root)
 
 
 def _figure_bytes(result: CandidateResult, test: pd.DataFrame) -> dict[str, bytes]:
@@ -227,6 +227,7 @@ def log_candidate(
 def log_batch(
     client: MlflowClient, run_id: str, params: dict[str, Any], metrics: dict[str, float]
 ) -> None:
+    """Log ``params`` and ``metrics`` to a run in one request."""
     import time
 
     from mlflow.entities import Metric, Param
