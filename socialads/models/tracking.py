@@ -99,10 +99,12 @@ def preload(settings: Settings) -> threading.Thread:
 
 def http_environment(settings: Settings) -> dict[str, str]:
     """MLflow's HTTP retry policy, which MLflow reads from the environment only: the CLI
-    exports it at start (the API server, its workers and flow runs inherit it)."""
+    exports it at start (the API server, its workers and flow runs inherit it). Also no
+    download progress bars: a model version's few small files drew one per load."""
     return {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(settings.mlflow_http_retries),
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
 
 
