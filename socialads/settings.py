@@ -158,6 +158,12 @@ class Settings(BaseSettings):
         description="Comma-separated candidate families to search.",
     )
     n_jobs: int = Field(default=1, validation_alias=_env("SOCIALADS_N_JOBS"))
+    train_with_production: bool = Field(
+        default=True,
+        validation_alias=_env("SOCIALADS_TRAIN_WITH_PRODUCTION"),
+        description="Data-prep adds the labelled production rows (prediction log ⨝ "
+        "feedback) to the training split; the holdout stays the raw data's.",
+    )
 
     # -- Prefect -----------------------------------------------------------------------------
     prefect_api_url: str | None = Field(

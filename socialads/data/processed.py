@@ -13,7 +13,7 @@ import io
 import json
 import logging
 import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,8 @@ from socialads.errors import DataValidationError, LakeError
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from socialads.data.production import ProductionLineage
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,13 @@ class Manifest:
     train_key: str
     test_key: str
     scaler_key: str
+    production_rows: int = 0
+    """Labelled production rows added to the training split (never to the holdout)."""
+    production_rejected: int = 0
+    production_first: str = ""
+    production_last: str = ""
+    production_sha256: str = ""
+    """SHA-256 of their sorted request ids (see ``production.ProductionLineage``)."""
 
     def to_json(self) -> bytes:
         """Serialised form stored in the lake."""
@@ -76,19 +85,21 @@ class Manifest:
             "test_size": self.test_size,
             "random_state": self.random_state,
             "processed_run": self.run_id,
+            "production_rows": self.production_rows,
         }
 
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:
         """Parse a stored manifest (one this version wrote: older ones name no run)."""
         stored = json.loads(data)
-        missing = sorted({f.name for f in fields(cls)} - set(stored))
+        required = {f.name for f in fields(cls) if f.default is MISSING}
+        missing = sorted(required - set(stored))
         if missing:
             raise LakeError(
                 f"{MANIFEST_KEY} predates per-run data-prep outputs (no {', '.join(missing)}); "
                 "run the data-prep step again (`socialads train` runs both)"
             )
-        return cls(**{f.name: stored[f.name] for f in fields(cls)})
+        return cls(**{f.name: stored[f.name] for f in fields(cls) if f.name in stored})
 
 
 def frame_to_csv(frame: pd.DataFrame) -> bytes:
@@ -108,9 +119,11 @@ def write_processed(
     test_size: float,
     random_state: int,
     keep: int = 5,
+    production: ProductionLineage | None = None,
 ) -> Manifest:
     """Write the splits and the scaler below a new run prefix, then switch the pointer to it
-    (last), then remove all but the newest ``keep`` runs."""
+    (last), then remove all but the newest ``keep`` runs. ``production`` names the labelled
+    production rows ``train`` includes."""
     import joblib
 
     run_id = new_run_id()
@@ -140,6 +153,15 @@ def write_processed(
         test_key=run_key(run_id, TEST_FILE),
         scaler_key=run_key(run_id, SCALER_FILE),
     )
+    if production is not None:
+        manifest = replace(
+            manifest,
+            production_rows=production.rows,
+            production_rejected=production.rejected,
+            production_first=production.first,
+            production_last=production.last,
+            production_sha256=production.sha256,
+        )
     lake.write_bytes(run_key(run_id, RUN_MANIFEST_FILE), manifest.to_json())  # lineage
     lake.write_bytes(MANIFEST_KEY, manifest.to_json())  # the switch
     # The original project's layout, for tools that read it; the run's own copy, named by
