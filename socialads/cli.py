@@ -344,9 +344,13 @@ def deploy(
         typer.Option(**option_for("pipeline_cron", "Cron schedule of the pipeline deployment.")),
     ] = None,
 ) -> None:
-    """Register the pipeline, data-prep and train deployments and serve them until stopped.
+    """Register the pipeline, data-prep, train, score and monitor deployments and serve them
+    until stopped.
 
     Start runs from the Prefect UI (Deployments) or the API; this process executes them.
+    monitor runs on its schedule (SOCIALADS_MONITOR_CRON, hourly); the pipeline deployment
+    carries an automation that starts it on the monitor's drift event, at most once per
+    SOCIALADS_MONITOR_COOLDOWN.
     """
     state = _state(ctx)
     schedule = cron or state.settings.pipeline_cron

@@ -41,6 +41,8 @@ REPORTS = "reports/monitoring"
 QUALITY_METRICS = ("accuracy", "f1", "precision", "recall")
 EVENT = "socialads.model.drift-detected"
 """The Prefect event the monitor flow emits when retraining is due."""
+RESOURCE_PREFIX = "socialads.model"
+"""Resource ids of model versions in Prefect events: ``socialads.model.<name>.<version>``."""
 PROCESSED_RUN_PARAM = "processed_run"
 
 Status = Literal["skipped", "ok", "drifted", "degraded", "drifted and degraded"]
@@ -192,6 +194,16 @@ class MonitorResult:
         if self.mlflow_run_id:
             lines.append(f"MLflow run: {self.mlflow_run_id}")
         return "\n".join(lines) + "\n"
+
+
+def event_resource(result: MonitorResult) -> dict[str, str]:
+    """The resource of :data:`EVENT`: the model version the monitor watched."""
+    return {
+        "prefect.resource.id": f"{RESOURCE_PREFIX}.{result.model_name}.{result.model_version}",
+        "prefect.resource.name": f"{result.model_name} version {result.model_version}",
+        "socialads.model.name": str(result.model_name),
+        "socialads.model.version": str(result.model_version),
+    }
 
 
 def _figure(value: float) -> str:
