@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import ISOLATED_VARS
-from testkit import ROOT, traffic
+from testkit import ROOT, Ran, environ_without_tools, run_cli, traffic
 
 from socialads.data import production
 from socialads.data.lake import RAW_KEY, Lake, sha256
@@ -35,7 +35,8 @@ from socialads.settings import Settings
 pytestmark = pytest.mark.slow
 
 SCREENSHOT = ROOT / "scripts" / "report_screenshot.py"
-END = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+# The last whole minute: labels of the window's predictions are in the past for retraining.
+END = datetime.now(UTC).replace(second=0, microsecond=0)
 START = END - timedelta(hours=24)
 
 
@@ -208,7 +209,7 @@ def test_an_empty_or_thin_window_is_a_message_not_an_error(
 ) -> None:
     empty = monitor(settings, START, END)
     assert empty.status == "skipped" and empty.rows == 0
-    assert empty.message.startswith("no predictions between 2026-12-02 12:00 and 2026-12-03")
+    assert empty.message.startswith(f"no predictions between {START:%Y-%m-%d %H:%M} and ")
     assert "no verdict, no report" in empty.message
     log(settings, traffic(raw_bytes, 20, np.random.default_rng(1)))
     thin = monitor(settings, START, END)
@@ -285,3 +286,84 @@ def test_settings_bound_the_verdicts(settings: Settings, raw_bytes: bytes) -> No
     assert [c.column for c in result.features if c.drifted] == ["Age", "EstimatedSalary"]
     assert result.status == "ok" and not result.drifted
     assert replace(result, status="drifted").retrain_due
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def cli(settings: Settings, *args: str) -> Ran:
+    environment = environ_without_tools() | {
+        "SOCIALADS_HOME": str(settings.home),
+        "SOCIALADS_CANDIDATES": "gaussian_nb",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    return run_cli(settings.home, environment, *args)
+
+
+def test_cli_reports_an_empty_window_and_exits_0(settings: Settings) -> None:
+    ran = cli(settings, "monitor", "--since", "2h")
+    assert ran.returncode == 0, ran.describe()
+    assert "0 predictions" in ran.stdout and "no verdict, no report" in ran.stdout
+    bad = cli(settings, "monitor", "--since", "2h", "--start", "2026-12-01")
+    assert bad.returncode == 2 and bad.error_lines == [
+        "error: give --since or --start/--end, not both"
+    ]
+
+
+def test_cli_monitor_retrain_learns_from_production_on_the_embedded_default(
+    settings: Settings, raw_bytes: bytes
+) -> None:
+    """The loop without services: drifted traffic with its outcomes → `socialads monitor
+    --retrain` runs the pipeline in process; the labelled rows join the training split only."""
+    from socialads.models.registry import champion_version
+
+    lake = Lake.from_settings(settings)
+    before = json.loads(lake.read_bytes("processed/manifest.json"))
+    champion = str(champion_version(connect(settings), settings).version)  # type: ignore[union-attr]
+    users = shifted(raw_bytes)
+    log(settings, users, labels=users["Purchased"])
+    try:
+        ran = cli(
+            settings, "monitor", "--start", START.isoformat(), "--end", END.isoformat(), "--json"
+        )
+        assert ran.returncode == 0, ran.describe()
+        plain = json.loads(ran.stdout)
+        assert "retrained" not in plain
+        assert {f["column"]: f["verdict"] for f in plain["features"]} == {
+            "Gender": "stable",
+            "Age": "drifted",
+            "EstimatedSalary": "drifted",
+        }
+        ran = cli(
+            settings,
+            "monitor",
+            "--start",
+            START.isoformat(),
+            "--end",
+            END.isoformat(),
+            "--json",
+            "--retrain",
+        )
+        assert ran.returncode == 0, ran.describe()
+        out = json.loads(ran.stdout)  # stdout is the JSON alone
+        assert out["status"] == "drifted" and out["retrain_due"]
+        decision = out["retrained"]["train"]["decision"]
+        assert int(decision["version"]) > int(out["model_version"])
+        assert decision["reason"]
+        after = json.loads(lake.read_bytes("processed/manifest.json"))
+        assert after["run_id"] != before["run_id"]
+        assert after["production_rows"] == len(users)
+        assert after["train_rows"] == before["train_rows"] + len(users)
+        # The holdout is the raw data's own split, byte for byte: the gate compares like
+        # with like.
+        assert (after["test_sha256"], after["test_rows"]) == (
+            before["test_sha256"],
+            before["test_rows"],
+        )
+    finally:
+        cli(settings, "local", "stop")
+        # Other tests expect the first champion and its processed run as the pointer.
+        lake.write_bytes("processed/manifest.json", json.dumps(before, indent=2).encode())
+        connect(settings).set_registered_model_alias(
+            settings.model_name, settings.champion_alias, champion
+        )
