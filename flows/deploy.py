@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from prefect import serve
 from prefect.events import DeploymentEventTrigger
+from prefect.events.schemas.automations import Posture
 from prefect.types.entrypoint import EntrypointType
 
 from flows.data_prep import data_prep_flow
@@ -93,7 +94,7 @@ def retrain_trigger(settings: Settings) -> DeploymentEventTrigger:
         description=f"Retrain when the monitor reports drift of {settings.model_name}.",
         expect={EVENT},
         match={"prefect.resource.id": f"{RESOURCE_PREFIX}.{settings.model_name}.*"},
-        posture="Reactive",
+        posture=Posture.Reactive,
         threshold=1,
         within=settings.monitor_cooldown,
     )
