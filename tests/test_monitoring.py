@@ -346,7 +346,10 @@ def test_cli_monitor_retrain_learns_from_production_on_the_embedded_default(
         )
         assert ran.returncode == 0, ran.describe()
         out = json.loads(ran.stdout)  # stdout is the JSON alone
-        assert out["status"] == "drifted" and out["retrain_due"]
+        # The users' outcomes are those of the unshifted population: the champion, seeing
+        # older and richer users, now predicts purchases that do not happen.
+        assert out["status"] == "drifted and degraded" and out["retrain_due"]
+        assert out["quality"]["live"]["f1"] < out["quality"]["f1_floor"]
         decision = out["retrained"]["train"]["decision"]
         assert int(decision["version"]) > int(out["model_version"])
         assert decision["reason"]
