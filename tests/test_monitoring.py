@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ISOLATED_VARS
 from testkit import ROOT, Ran, environ_without_tools, run_cli, traffic
 
 from socialads.data import production
@@ -30,7 +29,7 @@ from socialads.features.preprocessing import fit_scaler, split
 from socialads.models.tracking import connect
 from socialads.models.training import search_all, track_and_register
 from socialads.monitoring.monitor import REPORTS, monitor, with_predictions
-from socialads.settings import Settings
+from socialads.settings import Settings, env_names
 
 pytestmark = pytest.mark.slow
 
@@ -45,8 +44,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings of a home with a champion, trained in process (no Prefect)."""
     home = tmp_path_factory.mktemp("monitor-home")
     with pytest.MonkeyPatch.context() as mp:
-        for name in ISOLATED_VARS:
-            mp.delenv(name, raising=False)
+        for field in Settings.model_fields:  # (the autouse clean-up is per test; this is not)
+            for name in env_names(field):
+                mp.delenv(name, raising=False)
         mp.chdir(home)
         settings = Settings(SOCIALADS_HOME=str(home), SOCIALADS_CANDIDATES="gaussian_nb")
     lake = Lake.from_settings(settings)
