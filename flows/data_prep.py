@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import LAKE_IO, flow_settings
 from socialads.data.lake import MANIFEST_KEY, PROCESSED, RAW_KEY, Lake, sha256
 from socialads.data.processed import Manifest, write_processed
+from socialads.data.production import ProductionLineage, training_rows
 from socialads.data.validation import load_and_validate
 from socialads.features.preprocessing import fit_scaler, split
 from socialads.progress import step
@@ -53,6 +54,15 @@ def split_data(
     return train, test
 
 
+@task(name="production-rows", **LAKE_IO)
+def production_rows(lake: Lake) -> tuple[pd.DataFrame, ProductionLineage]:
+    """The labelled production rows (prediction log ⨝ feedback), checked and de-duplicated."""
+    with step("production", "data-prep", "labelled production rows") as note:
+        rows, lineage = training_rows(lake)
+        note.detail = f"{lineage.rows:,} for the training split, {lineage.rejected:,} invalid"
+    return rows, lineage
+
+
 @task(name="write-processed", **LAKE_IO)
 def write_outputs(
     lake: Lake,
@@ -61,6 +71,7 @@ def write_outputs(
     train: pd.DataFrame,
     test: pd.DataFrame,
     settings: Settings,
+    production: ProductionLineage | None = None,
 ) -> Manifest:
     """Fit the scaler, write splits and scaler under a new run prefix, then switch the
     manifest to it (readers keep the previous run until then)."""
@@ -75,6 +86,7 @@ def write_outputs(
             test_size=settings.test_size,
             random_state=settings.random_state,
             keep=settings.processed_keep,
+            production=production,
         )
         note.detail = (
             f"splits and scaler under {lake.uri(f'{PROCESSED}/{manifest.run_id}/')}, "
@@ -85,11 +97,20 @@ def write_outputs(
 
 def run_data_prep(settings: Settings) -> Manifest:
     """Data-prep steps as tasks, for use inside any flow."""
+    import pandas as pd
+
     lake = Lake.from_settings(settings)
     raw = ingest_raw(lake)
     frame = validate_raw(raw)
     train, test = split_data(frame, settings.test_size, settings.random_state)
-    return write_outputs(lake, raw, frame, train, test, settings)
+    lineage = None
+    if settings.train_with_production:
+        # The training split only: the holdout stays the raw data's own split, so the
+        # promotion gate scores a new version and the champion on the same rows.
+        rows, lineage = production_rows(lake)
+        if not rows.empty:  # (an empty frame would still turn the integer columns to floats)
+            train = pd.concat([train, rows], ignore_index=True)
+    return write_outputs(lake, raw, frame, train, test, settings, lineage)
 
 
 @flow(name="data-prep", log_prints=True)

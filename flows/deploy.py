@@ -5,12 +5,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from prefect import serve
+from prefect.events import DeploymentEventTrigger
+from prefect.events.schemas.automations import Posture
 from prefect.types.entrypoint import EntrypointType
 
 from flows.data_prep import data_prep_flow
+from flows.monitor import monitor_flow
 from flows.pipeline import pipeline_flow
 from flows.score import score_flow
 from flows.train import train_flow
+from socialads.monitoring.monitor import EVENT, RESOURCE_PREFIX
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -40,7 +44,10 @@ def build_deployments(settings: Settings, cron: str | None = None) -> list[Runne
             DEPLOYMENT_NAME,
             cron=cron,
             parameters=prep | training,
-            description="Data-prep then train; the champion alias moves only through the gate.",
+            description="Data-prep then train; the champion alias moves only through the gate. "
+            f"Also started by the monitor's {EVENT} event (at most once per "
+            f"{settings.monitor_cooldown}).",
+            triggers=[retrain_trigger(settings)],
             **common,
         ),
         data_prep_flow.to_deployment(
@@ -62,8 +69,35 @@ def build_deployments(settings: Settings, cron: str | None = None) -> list[Runne
             "with the champion; every prediction goes to the prediction log.",
             **common,
         ),
+        monitor_flow.to_deployment(
+            DEPLOYMENT_NAME,
+            cron=settings.monitor_cron,
+            description="Drift and live quality of the prediction log against the champion's "
+            "training data; an Evidently report in the lake's reports/monitoring/ and "
+            f"{EVENT} when retraining is due.",
+            **common,
+        ),
     ]
     return [cast("RunnerDeployment", deployment) for deployment in deployments]
+
+
+RETRAIN_AUTOMATION = "socialads-retrain-on-drift"
+
+
+def retrain_trigger(settings: Settings) -> DeploymentEventTrigger:
+    """Run the pipeline deployment (its default parameters) on the monitor's drift event for
+    the settings' model. Reactive, threshold 1: Prefect fires on the first event, then opens
+    its next window only after ``monitor_cooldown`` — the events of one drift episode in
+    between start nothing."""
+    return DeploymentEventTrigger(
+        name=RETRAIN_AUTOMATION,
+        description=f"Retrain when the monitor reports drift of {settings.model_name}.",
+        expect={EVENT},
+        match={"prefect.resource.id": f"{RESOURCE_PREFIX}.{settings.model_name}.*"},
+        posture=Posture.Reactive,
+        threshold=1,
+        within=settings.monitor_cooldown,
+    )
 
 
 def _version() -> str:

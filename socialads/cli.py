@@ -25,6 +25,7 @@ from socialads.settings import SelectionMetric, option_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from socialads.settings import Settings
 
@@ -235,6 +236,33 @@ def train(
     out.print(f"run {report['run_id']} in {result['seconds']} s; log: {log_file}", style="dim")
 
 
+def _pipeline(state: State, as_json: bool) -> dict[str, Any]:
+    """Run the pipeline flow in this process with the settings' parameters (Prefect's local
+    server when none is set); Prefect's and MLflow's console output goes to the train log."""
+    from socialads.console import noise_to_file
+
+    started = time.perf_counter()
+    api = _start_prefect(state)
+    if not as_json:
+        _say(f"Prefect API: {api}")
+    from flows.pipeline import pipeline_flow
+    from socialads.models.tracking import preload
+
+    with ExitStack() as stack:
+        if not state.verbose:
+            stack.enter_context(noise_to_file(_train_log(state)))
+        elif as_json:  # stdout carries the report only (MLflow prints run URLs there)
+            stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+        preload(state.settings)
+        result: dict[str, Any] = pipeline_flow()
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def _train_log(state: State) -> Path:
+    return state.settings.home / "logs" / "train.log"
+
+
 def _with_options(**options: Any) -> Settings:
     """The settings with the command's given options, checked by the settings' own rules."""
     from pydantic import ValidationError
@@ -316,9 +344,13 @@ def deploy(
         typer.Option(**option_for("pipeline_cron", "Cron schedule of the pipeline deployment.")),
     ] = None,
 ) -> None:
-    """Register the pipeline, data-prep and train deployments and serve them until stopped.
+    """Register the pipeline, data-prep, train, score and monitor deployments and serve them
+    until stopped.
 
     Start runs from the Prefect UI (Deployments) or the API; this process executes them.
+    monitor runs on its schedule (SOCIALADS_MONITOR_CRON, hourly); the pipeline deployment
+    carries an automation that starts it on the monitor's drift event, at most once per
+    SOCIALADS_MONITOR_COOLDOWN.
     """
     state = _state(ctx)
     schedule = cron or state.settings.pipeline_cron
@@ -491,6 +523,156 @@ def feedback(
 
     count = _run(state, body)
     typer.echo(f"recorded {count:,} labels in {state.settings.lake}/feedback/")
+
+
+@app.command()
+def monitor(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Window: the last 24h, 90m, 7d, ... up to now. "
+            "(env SOCIALADS_MONITOR_WINDOW, default 24h)"
+        ),
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(help="Window start, ISO 8601 (UTC unless it names a zone), e.g. 2026-12-02."),
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option(help="Window end (exclusive), ISO 8601; default now.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    retrain: Annotated[
+        bool,
+        typer.Option(
+            "--retrain",
+            help="When the window drifted or the live F1 fell under its floor, run the "
+            "pipeline (data-prep with the labelled production rows, then train and gate) "
+            "in this process.",
+        ),
+    ] = False,
+) -> None:
+    """Compare a window of the prediction log with the data the champion was trained on.
+
+    Per feature (Gender, Age, EstimatedSalary) and for the predictions (probability, label
+    share): Evidently's drift test and a verdict; with enough feedback labels, the live
+    accuracy, F1, precision and recall against the champion's holdout. The HTML report goes
+    to the lake's reports/monitoring/ and, with the figures, to the MLflow experiment
+    socialads-monitoring. A window with too few predictions is reported, not an error.
+    Thresholds: SOCIALADS_MONITOR_* (see README, Monitoring).
+
+    Example: socialads monitor --since 6h
+    """
+    state = _state(ctx)
+    if since and (start or end):
+        _fail("give --since or --start/--end, not both", 2)
+    window = _window_options(since, start, end)
+
+    def body() -> Any:
+        from socialads.monitoring.monitor import monitor as run_monitor
+
+        return run_monitor(state.settings, window[0], window[1], since=window[2])
+
+    result = _run(state, body)
+    retrained: dict[str, Any] | None = None
+    if retrain and result.retrain_due:
+        _say(f"{result.status}: running the pipeline to retrain")
+        retrained = _run(
+            state,
+            lambda: _pipeline(state, as_json),
+            hint=None if state.verbose else f"the run's log: {_train_log(state)}",
+        )
+    if as_json:
+        out = result.as_dict()
+        if retrain:
+            out["retrained"] = retrained
+        typer.echo(json.dumps(out, indent=2, default=str))
+        return
+    _print_monitoring(result)
+    if retrained is not None:
+        typer.secho(_headline(retrained["train"]["decision"]), bold=True)
+    elif retrain:
+        typer.echo("no retraining: the window has not drifted and the live F1 holds")
+
+
+def _window_options(since: str | None, start: str | None, end: str | None) -> tuple[Any, Any, Any]:
+    """(start, end, since) from the options; one-line errors for malformed values."""
+    from datetime import UTC, datetime
+
+    from socialads.settings import parse_duration
+
+    def moment(name: str, text: str | None) -> datetime | None:
+        if text is None:
+            return None
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            _fail(f"--{name}: not an ISO 8601 date or time: {text!r} (e.g. 2026-12-02T08:00)", 2)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    try:
+        span = parse_duration(since) if since else None
+    except ValueError as exc:
+        _fail(f"--since: {exc}", 2)
+    first, last = moment("start", start), moment("end", end)
+    if first and last and first >= last:
+        _fail("--start must be before --end", 2)
+    return first, last, span
+
+
+def _print_monitoring(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    # Piped output keeps its rows whole (Rich would wrap at 80 columns).
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console.width = 160
+    console.print(
+        f"window {result.start:%Y-%m-%d %H:%M} – {result.end:%Y-%m-%d %H:%M} UTC: "
+        f"{result.rows:,} predictions"
+        + (f", model version {result.model_version}" if result.model_version else "")
+    )
+    if result.status == "skipped":
+        console.print(result.message)
+        return
+    table = Table(box=None, pad_edge=False)
+    for name, justify in (
+        ("column", "left"),
+        ("statistic", "left"),
+        ("reference", "right"),
+        ("current", "right"),
+        ("test", "left"),
+        ("score", "right"),
+        ("verdict", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for column in (*result.features, *result.predictions):
+        table.add_row(
+            column.column,
+            column.statistic,
+            _number(column.reference),
+            _number(column.current),
+            column.method,
+            f"{column.score:.3g}",
+            "[bold red]drifted[/]" if column.drifted else "stable",
+        )
+    console.print(table)
+    if result.quality is not None:
+        live, holdout = result.quality.live, result.quality.holdout
+        console.print(
+            f"live on {result.quality.rows:,} labelled: "
+            + ", ".join(f"{m} {live[m]:.3f} (holdout {holdout[m]:.3f})" for m in live)
+        )
+    console.print(f"[bold]{result.status}[/]: {result.message}")
+    console.print(f"report: {result.report_uri}")
+    if result.quality_report_uri:
+        console.print(f"quality report: {result.quality_report_uri}")
+
+
+def _number(value: float) -> str:
+    return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.0f}"
 
 
 @app.command()

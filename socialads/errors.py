@@ -88,6 +88,10 @@ class NoValidRowsError(SocialAdsError):
     exit_code = 4
 
 
+class MonitoringError(SocialAdsError):
+    """The champion's reference data cannot be found (no lineage on its run, data pruned)."""
+
+
 class ServiceError(SocialAdsError):
     """A local server (Prefect, MLflow, S3) could not be started, checked or stopped."""
 

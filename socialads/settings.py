@@ -8,6 +8,8 @@ project's ``.env`` names (``MINIO_ACCESS_KEY``, ``DATA_REPO_BUCKET_NAME``, ...) 
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -156,6 +158,12 @@ class Settings(BaseSettings):
         description="Comma-separated candidate families to search.",
     )
     n_jobs: int = Field(default=1, validation_alias=_env("SOCIALADS_N_JOBS"))
+    train_with_production: bool = Field(
+        default=True,
+        validation_alias=_env("SOCIALADS_TRAIN_WITH_PRODUCTION"),
+        description="Data-prep adds the labelled production rows (prediction log ⨝ "
+        "feedback) to the training split; the holdout stays the raw data's.",
+    )
 
     # -- Prefect -----------------------------------------------------------------------------
     prefect_api_url: str | None = Field(
@@ -239,6 +247,77 @@ class Settings(BaseSettings):
         validation_alias=_env("SOCIALADS_SCORE_CRON"),
         description="Cron schedule of the `score` deployment (scores incoming/); off when unset.",
     )
+
+    # -- monitoring ---------------------------------------------------------------------------
+    monitor_window: timedelta = Field(
+        default=timedelta(hours=24),
+        validation_alias=_env("SOCIALADS_MONITOR_WINDOW"),
+        description="How far back `socialads monitor` and the monitor flow look by default "
+        "(e.g. 24h, 90m, 7d).",
+    )
+    monitor_min_rows: int = Field(
+        default=100,
+        ge=1,
+        validation_alias=_env("SOCIALADS_MONITOR_MIN_ROWS"),
+        description="Fewer predictions than this in the window: no verdict, no report.",
+    )
+    monitor_drift_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        validation_alias=_env("SOCIALADS_MONITOR_DRIFT_SHARE"),
+        description="The window has drifted when at least this share of the features "
+        "(Gender, Age, EstimatedSalary) drifted (Evidently's dataset-drift rule).",
+    )
+    monitor_min_labelled: int = Field(
+        default=50,
+        ge=1,
+        validation_alias=_env("SOCIALADS_MONITOR_MIN_LABELLED"),
+        description="Live quality (accuracy, F1, ...) is computed from this many labelled "
+        "predictions of the window on.",
+    )
+    monitor_f1_floor: float = Field(
+        default=0.7,
+        ge=0,
+        le=1,
+        validation_alias=_env("SOCIALADS_MONITOR_F1_FLOOR"),
+        description="Live F1 under this floor counts as degraded (retraining is due).",
+    )
+    monitor_cooldown: timedelta = Field(
+        default=timedelta(hours=6),
+        validation_alias=_env("SOCIALADS_MONITOR_COOLDOWN"),
+        description="At most one drift-triggered pipeline run per cool-down (the "
+        "automation `socialads deploy` creates).",
+    )
+    monitor_cron: str | None = Field(
+        default="0 * * * *",
+        validation_alias=_env("SOCIALADS_MONITOR_CRON"),
+        description="Cron schedule of the `monitor` deployment (hourly); empty turns it off.",
+    )
+    monitoring_experiment: str = Field(
+        default="socialads-monitoring",
+        validation_alias=_env("SOCIALADS_MONITORING_EXPERIMENT"),
+        description="MLflow experiment of the monitoring runs (reports and headline numbers).",
+    )
+
+    @field_validator("monitor_window", "monitor_cooldown", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().upper().startswith("P"):  # ISO 8601 as is
+            return parse_duration(value)
+        return value
+
+    @field_validator("monitor_window")
+    @classmethod
+    def _positive_window(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("the window must be longer than zero")
+        return value
+
+    @field_validator("monitor_cron", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("candidates", mode="before")
     @classmethod
@@ -333,6 +412,19 @@ class Settings(BaseSettings):
             "model": self.model_name,
             "prefect_api": self.prefect_api_url or f"local server under {self.prefect_home}",
         }
+
+
+DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``24h``, ``90m``, ``7d``, ``30s``, ``2w`` as a timedelta; ValueError otherwise."""
+    match = DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (a number and s, m, h, d or w, e.g. 24h)")
+    number, unit = match.groups()
+    return timedelta(**{_UNITS[unit.lower()]: float(number)})
 
 
 def load_settings(**overrides: object) -> Settings:

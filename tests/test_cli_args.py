@@ -33,6 +33,10 @@ NONSENSE = [
     ["score", "-i", "users.csv", "-o", "out.parquet", "--alias", "a", "--model-version", "1"],
     ["score", "-i", "users.txt", "-o", "out.parquet", "--model-version", "1"],
     ["feedback"],
+    ["monitor", "--since", "3x"],
+    ["monitor", "--since", "2h", "--start", "2026-12-01"],
+    ["monitor", "--start", "yesterday"],
+    ["monitor", "--start", "2026-12-02", "--end", "2026-12-01"],
 ]
 
 

@@ -110,6 +110,34 @@ def test_labelled_rows_join_on_request_id_and_the_latest_label_wins(lake: Lake) 
     assert labelled_rows(lake, T0 - timedelta(days=3), T0 - timedelta(days=2)).empty
 
 
+def test_training_rows_are_checked_deduplicated_and_named_by_a_hash(lake: Lake) -> None:
+    rows = [prediction(f"r{i}", T0 + timedelta(seconds=i)) for i in range(4)]
+    rows.append(prediction("r1", T0 + timedelta(seconds=9)))  # a client reused its request id
+    # Written by something other than socialads: an age the schema refuses.
+    rows.append(("bad", T0, "api", "3", "Female", 150.0, 90000.0, 0.7, 1))
+    write_parts(lake, PREDICTION_LOG, table_of(PREDICTION_LOG, rows))
+    record_feedback(lake, [("r0", 0), ("r1", 1), ("r3", 1), ("bad", 1)])
+
+    frame, lineage = production.training_rows(lake, T0 + timedelta(days=1))
+    assert list(frame.columns) == ["Gender", "Age", "EstimatedSalary", "Purchased"]
+    assert frame.values.tolist() == [
+        ["Female", 45.0, 90000.0, 0],
+        ["Female", 45.0, 90000.0, 1],
+        ["Female", 45.0, 90000.0, 1],
+    ]
+    assert (lineage.rows, lineage.rejected) == (3, 1)
+    assert (lineage.first, lineage.last) == (
+        T0.isoformat(),
+        (T0 + timedelta(seconds=9)).isoformat(),
+    )
+    import hashlib
+
+    assert lineage.sha256 == hashlib.sha256(b"r0\nr1\nr3").hexdigest()
+    # Predictions made from ``end`` on wait for the next run (r3, and r1's second use).
+    earlier = production.training_rows(lake, T0 + timedelta(seconds=2))[1]
+    assert (earlier.rows, earlier.last) == (2, (T0 + timedelta(seconds=1)).isoformat())
+
+
 def test_check_feedback_refuses_a_file_with_bad_rows_naming_the_lines() -> None:
     good = pd.DataFrame({"request_id": [" a ", "b"], "purchased": ["1", 0]})
     assert check_feedback(good) == [("a", 1), ("b", 0)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,9 @@ def test_candidates_from_a_comma_separated_variable(monkeypatch: pytest.MonkeyPa
         ("SOCIALADS_TEST_SIZE", "1.5", "SOCIALADS_TEST_SIZE"),
         ("SOCIALADS_SELECTION_METRIC", "speed", "SOCIALADS_SELECTION_METRIC"),
         ("SOCIALADS_API_PORT", "http", "SOCIALADS_API_PORT"),
+        ("SOCIALADS_MONITOR_WINDOW", "3600", "a number and s, m, h, d or w"),
+        ("SOCIALADS_MONITOR_WINDOW", "0h", "longer than zero"),
+        ("SOCIALADS_MONITOR_DRIFT_SHARE", "0", "SOCIALADS_MONITOR_DRIFT_SHARE"),
     ],
 )
 def test_malformed_values_are_refused_naming_the_setting(
@@ -70,6 +74,19 @@ def test_malformed_values_are_refused_naming_the_setting(
     with pytest.raises(ValidationError) as info:
         Settings()
     assert fragment in str(info.value)
+
+
+def test_monitoring_durations_and_an_empty_cron(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = Settings()
+    assert defaults.monitor_window == timedelta(hours=24)
+    assert defaults.monitor_cron == "0 * * * *"  # hourly
+    monkeypatch.setenv("SOCIALADS_MONITOR_WINDOW", "90m")
+    monkeypatch.setenv("SOCIALADS_MONITOR_COOLDOWN", "PT2H")  # ISO 8601 works too
+    monkeypatch.setenv("SOCIALADS_MONITOR_CRON", " ")
+    settings = Settings()
+    assert settings.monitor_window == timedelta(minutes=90)
+    assert settings.monitor_cooldown == timedelta(hours=2)
+    assert settings.monitor_cron is None
 
 
 def test_credentials_come_in_pairs(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL_PREFIXES = ("SOCIALADS_", "MLFLOW_", "PREFECT_", "AWS_", "MINIO_", "DATA_REPO_", "PROMETHEUS_")
@@ -68,3 +72,28 @@ def env_file_values(path: Path = ROOT / ".env.example") -> dict[str, str]:
             key, _, value = stripped.partition("=")
             values[key.strip()] = value.strip()
     return values
+
+
+def traffic(
+    raw: bytes,
+    rows: int,
+    rng: Any,
+    *,
+    age_shift: float = 0.0,
+    salary_factor: float = 1.0,
+) -> pd.DataFrame:
+    """Users drawn (with replacement) from the bundled dataset ``raw``: Gender, Age,
+    EstimatedSalary and their true Purchased. ``age_shift`` years and ``salary_factor`` move
+    the population, clipped to the schema's bounds (what the API accepts)."""
+    import io
+
+    import pandas as pd
+
+    from socialads.data.schema import AGE, BOUNDS, SALARY
+    from socialads.data.validation import validate
+
+    users = validate(pd.read_csv(io.BytesIO(raw), dtype=str))
+    picked = users.iloc[rng.integers(0, len(users), rows)].reset_index(drop=True)
+    picked[AGE] = (picked[AGE] + age_shift).clip(BOUNDS[AGE].minimum, BOUNDS[AGE].maximum)
+    picked[SALARY] = (picked[SALARY] * salary_factor).round().clip(upper=BOUNDS[SALARY].maximum)
+    return picked

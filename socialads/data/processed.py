@@ -13,7 +13,7 @@ import io
 import json
 import logging
 import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,8 @@ from socialads.errors import DataValidationError, LakeError
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from socialads.data.production import ProductionLineage
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,13 @@ class Manifest:
     train_key: str
     test_key: str
     scaler_key: str
+    production_rows: int = 0
+    """Labelled production rows added to the training split (never to the holdout)."""
+    production_rejected: int = 0
+    production_first: str = ""
+    production_last: str = ""
+    production_sha256: str = ""
+    """SHA-256 of their sorted request ids (see ``production.ProductionLineage``)."""
 
     def to_json(self) -> bytes:
         """Serialised form stored in the lake."""
@@ -76,19 +85,21 @@ class Manifest:
             "test_size": self.test_size,
             "random_state": self.random_state,
             "processed_run": self.run_id,
+            "production_rows": self.production_rows,
         }
 
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:
         """Parse a stored manifest (one this version wrote: older ones name no run)."""
         stored = json.loads(data)
-        missing = sorted({f.name for f in fields(cls)} - set(stored))
+        required = {f.name for f in fields(cls) if f.default is MISSING}
+        missing = sorted(required - set(stored))
         if missing:
             raise LakeError(
                 f"{MANIFEST_KEY} predates per-run data-prep outputs (no {', '.join(missing)}); "
                 "run the data-prep step again (`socialads train` runs both)"
             )
-        return cls(**{f.name: stored[f.name] for f in fields(cls)})
+        return cls(**{f.name: stored[f.name] for f in fields(cls) if f.name in stored})
 
 
 def frame_to_csv(frame: pd.DataFrame) -> bytes:
@@ -108,9 +119,11 @@ def write_processed(
     test_size: float,
     random_state: int,
     keep: int = 5,
+    production: ProductionLineage | None = None,
 ) -> Manifest:
     """Write the splits and the scaler below a new run prefix, then switch the pointer to it
-    (last), then remove all but the newest ``keep`` runs."""
+    (last), then remove all but the newest ``keep`` runs. ``production`` names the labelled
+    production rows ``train`` includes."""
     import joblib
 
     run_id = new_run_id()
@@ -140,6 +153,15 @@ def write_processed(
         test_key=run_key(run_id, TEST_FILE),
         scaler_key=run_key(run_id, SCALER_FILE),
     )
+    if production is not None:
+        manifest = replace(
+            manifest,
+            production_rows=production.rows,
+            production_rejected=production.rejected,
+            production_first=production.first,
+            production_last=production.last,
+            production_sha256=production.sha256,
+        )
     lake.write_bytes(run_key(run_id, RUN_MANIFEST_FILE), manifest.to_json())  # lineage
     lake.write_bytes(MANIFEST_KEY, manifest.to_json())  # the switch
     # The original project's layout, for tools that read it; the run's own copy, named by
@@ -165,16 +187,34 @@ def prune_runs(lake: Lake, keep: int, *, current: str) -> list[str]:
 
 def read_processed(lake: Lake) -> tuple[pd.DataFrame, pd.DataFrame, Manifest]:
     """Read the splits of the run the pointer names, checking their hashes."""
-    import pandas as pd
-
-    from socialads.data.validation import validate
-
     if not lake.exists(MANIFEST_KEY):
         raise LakeError(
             f"no processed data in the lake {lake.where()} (missing {MANIFEST_KEY}); "
             "run the data-prep step first (`socialads train` runs both)"
         )
     manifest = Manifest.from_json(lake.read_bytes(MANIFEST_KEY))
+    return *_read_splits(lake, manifest), manifest
+
+
+def read_run(lake: Lake, run_id: str) -> tuple[pd.DataFrame, pd.DataFrame, Manifest]:
+    """Read the splits of data-prep run ``run_id`` (current or not), checked against the
+    hashes of that run's own manifest: what a model trained on that run saw."""
+    key = run_key(run_id, RUN_MANIFEST_FILE)
+    if not lake.exists(key):
+        raise LakeError(
+            f"the data-prep run {run_id} is no longer in the lake {lake.where()} (missing "
+            f"{key}; SOCIALADS_PROCESSED_KEEP keeps the newest runs only): train again so "
+            "that the champion's training data is in the lake"
+        )
+    manifest = Manifest.from_json(lake.read_bytes(key))
+    return *_read_splits(lake, manifest), manifest
+
+
+def _read_splits(lake: Lake, manifest: Manifest) -> tuple[pd.DataFrame, pd.DataFrame]:
+    import pandas as pd
+
+    from socialads.data.validation import validate
+
     frames = []
     for key, expected in (
         (manifest.train_key, manifest.train_sha256),
@@ -189,4 +229,4 @@ def read_processed(lake: Lake) -> tuple[pd.DataFrame, pd.DataFrame, Manifest]:
                 ]
             )
         frames.append(validate(pd.read_csv(io.BytesIO(data), dtype=str)))
-    return frames[0], frames[1], manifest
+    return frames[0], frames[1]

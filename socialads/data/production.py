@@ -12,6 +12,7 @@ processes ever write the same key. :func:`labelled_rows` joins the two on ``requ
 from __future__ import annotations
 
 import io
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from socialads.data.lake import Lake
+
+log = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
@@ -182,8 +185,9 @@ def read(
     return frame[keep].sort_values(dataset.time_column, kind="stable").reset_index(drop=True)
 
 
-def labelled_rows(lake: Lake, start: datetime, end: datetime) -> pd.DataFrame:
-    """Predictions made in ``[start, end)`` that have a feedback label, with it as ``Purchased``.
+def labelled_rows(lake: Lake, start: datetime | None, end: datetime) -> pd.DataFrame:
+    """Predictions made in ``[start, end)`` (every one before ``end`` when ``start`` is None)
+    that have a feedback label, with it as ``Purchased``.
 
     Labels may arrive any time after the prediction, so every label received from ``start``
     on is considered; when a request was labelled more than once, the latest label wins.
@@ -195,6 +199,56 @@ def labelled_rows(lake: Lake, start: datetime, end: datetime) -> pd.DataFrame:
     joined = joined.rename(columns={PURCHASED: TARGET})
     joined[TARGET] = joined[TARGET].astype(int)
     return joined.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class ProductionLineage:
+    """Which labelled production rows a data-prep run added to its training split."""
+
+    rows: int
+    rejected: int
+    """Labelled rows left out because a feature broke the schema (none, unless the lake was
+    written by something other than socialads)."""
+    first: str
+    last: str
+    """Timestamps (ISO 8601, UTC) of the first and last prediction added; empty for none."""
+    sha256: str
+    """SHA-256 of the added request ids, sorted, one per line: which rows went in."""
+
+
+def training_rows(
+    lake: Lake, end: datetime | None = None
+) -> tuple[pd.DataFrame, ProductionLineage]:
+    """The labelled production rows (log ⨝ feedback, latest label) made before ``end``, as
+    training rows: one per request id, checked by the same schema and bounds as every other
+    row (the invalid ones are counted and left out), columns as the validated raw data's."""
+    import hashlib
+
+    from socialads.data.schema import CLASSES, FEATURES
+    from socialads.data.validation import check_records
+
+    joined = labelled_rows(lake, None, end or now())
+    joined = joined.drop_duplicates(REQUEST_ID, keep="last").reset_index(drop=True)
+    clean, problems = check_records(joined[list(FEATURES)])
+    if not problems.empty:
+        log.warning(
+            "%d labelled production rows break the schema and stay out of training, e.g. %s",
+            len(problems),
+            problems.iloc[0],
+        )
+    clean = clean[joined.loc[clean.index, TARGET].isin(CLASSES)]
+    kept = joined.loc[clean.index]
+    rows = clean.assign(**{TARGET: kept[TARGET].astype(int)})[[*FEATURES, TARGET]]
+    ids = "\n".join(sorted(kept[REQUEST_ID].astype(str)))
+    times = kept[TIMESTAMP]
+    lineage = ProductionLineage(
+        rows=len(rows),
+        rejected=len(joined) - len(rows),
+        first=times.min().isoformat() if len(rows) else "",
+        last=times.max().isoformat() if len(rows) else "",
+        sha256=hashlib.sha256(ids.encode()).hexdigest() if len(rows) else "",
+    )
+    return rows.reset_index(drop=True), lineage
 
 
 REQUEST_ID_MAX_LENGTH = 128

@@ -99,10 +99,12 @@ def preload(settings: Settings) -> threading.Thread:
 
 def http_environment(settings: Settings) -> dict[str, str]:
     """MLflow's HTTP retry policy, which MLflow reads from the environment only: the CLI
-    exports it at start (the API server, its workers and flow runs inherit it)."""
+    exports it at start (the API server, its workers and flow runs inherit it). Also no
+    download progress bars: a model version's few small files drew one per load."""
     return {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(settings.mlflow_http_retries),
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
 
 
@@ -142,16 +144,16 @@ def global_tracking_uri(uri: str) -> Iterator[None]:
             variable.set(exported)
 
 
-def ensure_experiment(client: MlflowClient, settings: Settings) -> str:
-    """The experiment's id, created on first use (with local artifacts for the embedded store)."""
-    experiment = client.get_experiment_by_name(settings.experiment_name)
+def ensure_experiment(client: MlflowClient, settings: Settings, name: str | None = None) -> str:
+    """The id of experiment ``name`` (default: the training experiment), created on first use
+    (with local artifacts for the embedded store)."""
+    name = name or settings.experiment_name
+    experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
-    return client.create_experiment(
-        settings.experiment_name, artifact_location=settings.mlflow_artifact_root
-    )
+    return client.create_experiment(name, artifact_location=settings.mlflow_artifact_root)
 
 
 def _figure_bytes(result: CandidateResult, test: pd.DataFrame) -> dict[str, bytes]:
@@ -227,6 +229,7 @@ def log_candidate(
 def log_batch(
     client: MlflowClient, run_id: str, params: dict[str, Any], metrics: dict[str, float]
 ) -> None:
+    """Log ``params`` and ``metrics`` to a run in one request."""
     import time
 
     from mlflow.entities import Metric, Param

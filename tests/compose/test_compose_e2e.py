@@ -40,7 +40,13 @@ ARTIFACTS = ROOT / "test-artifacts" / "compose"
 PROJECT = "socialads-e2e"
 APP_IMAGE_USER = "10001"
 UP_TIMEOUT = 1800  # a cold build of the app image takes ~6 min here (vfs storage)
-DEPLOYMENTS = ("pipeline/socialads", "data-prep/socialads", "train/socialads")
+DEPLOYMENTS = (
+    "pipeline/socialads",
+    "data-prep/socialads",
+    "train/socialads",
+    "score/socialads",
+    "monitor/socialads",
+)
 ADDRESS_VARIABLES = ("S3_PORT", "POSTGRES_PORT", "MLFLOW_PORT", "PREFECT_PORT", "API_PORT")
 T = TypeVar("T")
 
@@ -293,7 +299,21 @@ def test_app_containers_run_as_the_image_user_not_root(stack: Stack) -> None:
         assert uid == APP_IMAGE_USER, f"{service} runs as uid {uid}"
 
 
-def test_prefect_ui_shows_the_three_deployments(stack: Stack, tmp_path: Path) -> None:
+def test_monitor_runs_hourly_and_its_drift_event_starts_the_pipeline(stack: Stack) -> None:
+    monitor = stack.deployment("monitor/socialads")
+    assert [(s["schedule"]["cron"], s["active"]) for s in monitor["schedules"]] == [
+        ("0 * * * *", True)
+    ]
+    status, body, _ = http("POST", stack.url("PREFECT_PORT", "/api/automations/filter"), {})
+    assert status == 200, body[:500]
+    pipeline = stack.deployment("pipeline/socialads")
+    (automation,) = [a for a in json.loads(body) if a["name"] == "socialads-retrain-on-drift"]
+    assert automation["trigger"]["expect"] == ["socialads.model.drift-detected"]
+    assert automation["trigger"]["within"] == 6 * 3600.0  # the default cool-down
+    assert [a["deployment_id"] for a in automation["actions"]] == [pipeline["id"]]
+
+
+def test_prefect_ui_shows_the_deployments(stack: Stack, tmp_path: Path) -> None:
     status, page, _ = http("GET", stack.url("PREFECT_PORT", "/"))
     assert status == 200 and b"<html" in page.lower(), (status, page[:300])
     for name in DEPLOYMENTS:
@@ -333,7 +353,7 @@ def test_prefect_ui_shows_the_three_deployments(stack: Stack, tmp_path: Path) ->
     )
     print(f"Prefect UI screenshot: {screenshot}")
     # The rendered page (after the UI's own API calls) lists each deployment's flow.
-    for flow_name in ("pipeline", "data-prep", "train"):
+    for flow_name in ("pipeline", "data-prep", "train", "score", "monitor"):
         assert f">{flow_name}<" in dom.replace(" ", ""), f"{flow_name} not on the rendered page"
     assert screenshot.exists() and screenshot.stat().st_size > 10_000, "no screenshot"
 

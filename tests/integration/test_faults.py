@@ -118,9 +118,9 @@ def test_deploy_survives_a_prefect_server_restart(tmp_path: Path) -> None:
                 for f in httpx.post(f"{api}/flows/filter", json={}, timeout=5).json()
             }
             ready = {names[d["flow_id"]]: d["id"] for d in found if d["status"] == "READY"}
-            return ready if len(ready) == 4 else {}
+            return ready if len(ready) == 5 else {}
 
-        _wait(deployments, 180, "four Ready deployments")
+        _wait(deployments, 180, "five Ready deployments")
         supervisor.stop({"prefect": server.record}, grace=60)
         server.process.wait(timeout=10)
         time.sleep(5)

@@ -45,7 +45,10 @@ DEPLOYMENTS = (
     "data-prep/socialads",
     "train/socialads",
     "score/socialads",
+    "monitor/socialads",
 )
+# Deployments whose every parameter defaults to a setting (no default parameters of their own).
+NO_DEFAULTS = ("flows.score.score_flow", "flows.monitor.monitor_flow")
 # Everything the settings read S3 from (the rest of AWS_* never reaches the CLI: see cli_env).
 S3_CLIENT_VARS = tuple(
     name
@@ -252,11 +255,12 @@ def served(
         ready = wait_served(
             prefect_api,
             process,
-            # The score flow has no default parameters: its input names a file or incoming/.
+            # The score and monitor flows have no default parameters (their input names a
+            # file or incoming/; the window defaults to the setting).
             lambda d: (
                 d["status"] == "READY"
                 and not d["paused"]
-                and (d["parameters"] or d["entrypoint"] == "flows.score.score_flow")
+                and (d["parameters"] or d["entrypoint"] in NO_DEFAULTS)
             ),
             "the deployments to be registered, unpaused and polled",
         )
@@ -473,6 +477,8 @@ SCORE_SCHEMA = {
     "alias": ("string", 2),
     "model_version": ("string", 3),
 }
+MONITOR_SCHEMA = {"since": ("string", 0), "start": ("string", 1), "end": ("string", 2)}
+HOURLY = [("0 * * * *", True)]
 
 
 def schema_view(schema: dict[str, Any]) -> dict[str, tuple[str, int]]:
@@ -491,8 +497,9 @@ def schema_view(schema: dict[str, Any]) -> dict[str, tuple[str, int]]:
     return view
 
 
-def test_deploy_shows_the_deployments_with_parameters_and_no_schedule(
+def test_deploy_shows_the_deployments_with_parameters_and_only_monitor_scheduled(
     served: tuple[Served, dict[str, dict[str, Any]]],
+    prefect_api: httpx.Client,
 ) -> None:
     from socialads import __version__
 
@@ -507,6 +514,7 @@ def test_deploy_shows_the_deployments_with_parameters_and_no_schedule(
         "data-prep/socialads": ("flows.data_prep.data_prep_flow", PREP_SCHEMA, PREP_DEFAULTS),
         "train/socialads": ("flows.train.train_flow", TRAIN_SCHEMA, TRAIN_DEFAULTS),
         "score/socialads": ("flows.score.score_flow", SCORE_SCHEMA, {}),
+        "monitor/socialads": ("flows.monitor.monitor_flow", MONITOR_SCHEMA, {}),
     }
     for name, (entrypoint, schema, defaults) in expected.items():
         deployment = found[name]
@@ -515,12 +523,26 @@ def test_deploy_shows_the_deployments_with_parameters_and_no_schedule(
         assert deployment["parameters"] == defaults, name
         assert deployment["enforce_parameter_schema"] is True, name
         assert deployment["tags"] == ["socialads"], name
-        assert deployment["schedules"] == [], name
+        schedules = [(s["schedule"]["cron"], s["active"]) for s in deployment["schedules"]]
+        assert schedules == (HOURLY if name == "monitor/socialads" else []), name
         assert deployment["paused"] is False, name
         assert deployment["status"] == "READY", name
         assert deployment["version"] == __version__, name
         assert deployment["description"], name
         assert deployment["work_pool_name"] is None, name
+
+    # The pipeline deployment's automation: the monitor's drift event, one run per cool-down.
+    automations = prefect_api.post("/automations/filter", json={}).raise_for_status().json()
+    retrain = [a for a in automations if a["name"] == "socialads-retrain-on-drift"]
+    assert len(retrain) == 1, automations
+    trigger, actions = retrain[0]["trigger"], retrain[0]["actions"]
+    assert trigger["expect"] == ["socialads.model.drift-detected"]
+    assert trigger["match"] == {"prefect.resource.id": f"socialads.model.{MODEL}.*"}
+    assert (trigger["posture"], trigger["threshold"]) == ("Reactive", 1)
+    assert trigger["within"] == 6 * 3600  # SOCIALADS_MONITOR_COOLDOWN's default
+    assert [(a["type"], a["deployment_id"]) for a in actions] == [
+        ("run-deployment", found["pipeline/socialads"]["id"])
+    ]
 
 
 def test_a_run_of_the_pipeline_deployment_completes_and_gates(
@@ -684,3 +706,5 @@ def test_stopping_deploy_pauses_and_cron_deploy_schedules_the_pipeline(
     assert [(s["schedule"]["cron"], s["active"]) for s in schedules] == [("0 3 * * *", True)]
     assert found["data-prep/socialads"]["schedules"] == []
     assert found["train/socialads"]["schedules"] == []
+    monitor = found["monitor/socialads"]["schedules"]
+    assert [(s["schedule"]["cron"], s["active"]) for s in monitor] == HOURLY
