@@ -194,33 +194,16 @@ def train(
     from rich.console import Console
     from rich.markup import escape
 
-    from socialads.console import StepDisplay, leaderboard_table, noise_to_file, stderr_console
+    from socialads.console import leaderboard_table, stderr_console
 
-    log_file = state.settings.home / "logs" / "train.log"
+    log_file = _train_log(state)
     console = stderr_console()
     live = console.is_terminal and not (as_json or quiet or state.verbose)
 
     def body() -> dict[str, Any]:
-        started = time.perf_counter()
-        api = _start_prefect(state)
-        if not (as_json or quiet):
-            _say(f"Prefect API: {api}")
-        from flows.pipeline import pipeline_flow
-        from socialads.models.tracking import preload
+        return _pipeline(state, checked, overrides, talk=not (as_json or quiet), live=live)
 
-        with ExitStack() as stack:
-            if not state.verbose:
-                stack.enter_context(noise_to_file(log_file))
-            elif as_json:  # stdout carries the report only (MLflow prints run URLs there)
-                stack.enter_context(contextlib.redirect_stdout(sys.stderr))
-            if live:
-                stack.enter_context(StepDisplay(console, len(checked.candidates)))
-            preload(checked)  # MLflow's imports overlap with data-prep and the search
-            result: dict[str, Any] = pipeline_flow(**overrides)
-        result["seconds"] = round(time.perf_counter() - started, 1)
-        return result
-
-    result = _run(state, body, hint=None if state.verbose else f"the run's log: {log_file}")
+    result = _run(state, body, hint=_log_hint(state))
     report = result["train"]
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
@@ -236,14 +219,26 @@ def train(
     out.print(f"run {report['run_id']} in {result['seconds']} s; log: {log_file}", style="dim")
 
 
-def _pipeline(state: State, as_json: bool) -> dict[str, Any]:
-    """Run the pipeline flow in this process with the settings' parameters (Prefect's local
-    server when none is set); Prefect's and MLflow's console output goes to the train log."""
-    from socialads.console import noise_to_file
+def _pipeline(
+    state: State,
+    settings: Settings,
+    parameters: dict[str, Any] | None = None,
+    *,
+    talk: bool = True,
+    live: bool = False,
+) -> dict[str, Any]:
+    """Run the pipeline flow in this process (Prefect's local server when no API is set).
+
+    ``settings`` are those of the run (``parameters``, the flow's, applied); ``talk`` says
+    which Prefect API is used; ``live`` draws the steps on the terminal. Prefect's and
+    MLflow's console output goes to the train log (everywhere, with --verbose; stdout then
+    stays the command's own).
+    """
+    from socialads.console import StepDisplay, noise_to_file, stderr_console
 
     started = time.perf_counter()
     api = _start_prefect(state)
-    if not as_json:
+    if talk:
         _say(f"Prefect API: {api}")
     from flows.pipeline import pipeline_flow
     from socialads.models.tracking import preload
@@ -251,16 +246,23 @@ def _pipeline(state: State, as_json: bool) -> dict[str, Any]:
     with ExitStack() as stack:
         if not state.verbose:
             stack.enter_context(noise_to_file(_train_log(state)))
-        elif as_json:  # stdout carries the report only (MLflow prints run URLs there)
+        else:  # MLflow prints run URLs to stdout
             stack.enter_context(contextlib.redirect_stdout(sys.stderr))
-        preload(state.settings)
-        result: dict[str, Any] = pipeline_flow()
+        if live:
+            stack.enter_context(StepDisplay(stderr_console(), len(settings.candidates)))
+        preload(settings)  # MLflow's imports overlap with data-prep and the search
+        result: dict[str, Any] = pipeline_flow(**(parameters or {}))
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 
 
 def _train_log(state: State) -> Path:
     return state.settings.home / "logs" / "train.log"
+
+
+def _log_hint(state: State) -> str | None:
+    """Where to look when a pipeline run fails (nothing with --verbose: it was all shown)."""
+    return None if state.verbose else f"the run's log: {_train_log(state)}"
 
 
 def _with_options(**options: Any) -> Settings:
@@ -530,10 +532,7 @@ def monitor(
     ctx: typer.Context,
     since: Annotated[
         str | None,
-        typer.Option(
-            help="Window: the last 24h, 90m, 7d, ... up to now. "
-            "(env SOCIALADS_MONITOR_WINDOW, default 24h)"
-        ),
+        typer.Option(**option_for("monitor_window", "Window: the last 24h, 90m, 7d, ... to now.")),
     ] = None,
     start: Annotated[
         str | None,
@@ -579,9 +578,7 @@ def monitor(
     if retrain and result.retrain_due:
         _say(f"{result.status}: running the pipeline to retrain")
         retrained = _run(
-            state,
-            lambda: _pipeline(state, as_json),
-            hint=None if state.verbose else f"the run's log: {_train_log(state)}",
+            state, lambda: _pipeline(state, state.settings, talk=not as_json), _log_hint(state)
         )
     if as_json:
         out = result.as_dict()

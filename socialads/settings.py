@@ -474,6 +474,12 @@ def option_for(field: str, text: str) -> dict[str, Any]:
         shown = ",".join(map(str, default))
     elif isinstance(default, float):
         shown = f"{default:g}"
+    elif isinstance(default, timedelta):
+        seconds = int(default.total_seconds())
+        unit, size = next(
+            (u, n) for u, n in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)) if seconds % n == 0
+        )
+        shown = f"{seconds // size}{unit}"
     else:
         shown = str(default)
     return {"help": f"{text} (env {env_names(field)[0]}, default {shown})", **closed_bounds(field)}
