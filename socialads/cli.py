@@ -237,6 +237,7 @@ def _pipeline(
     from socialads.console import StepDisplay, noise_to_file, stderr_console
 
     started = time.perf_counter()
+    terminal = stderr_console()  # before stderr goes to the log file
     api = _start_prefect(state)
     if talk:
         _say(f"Prefect API: {api}")
@@ -249,7 +250,7 @@ def _pipeline(
         else:  # MLflow prints run URLs to stdout
             stack.enter_context(contextlib.redirect_stdout(sys.stderr))
         if live:
-            stack.enter_context(StepDisplay(stderr_console(), len(settings.candidates)))
+            stack.enter_context(StepDisplay(terminal, len(settings.candidates)))
         preload(settings)  # MLflow's imports overlap with data-prep and the search
         result: dict[str, Any] = pipeline_flow(**(parameters or {}))
     result["seconds"] = round(time.perf_counter() - started, 1)
