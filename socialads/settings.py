@@ -476,8 +476,10 @@ def option_for(field: str, text: str) -> dict[str, Any]:
         shown = f"{default:g}"
     elif isinstance(default, timedelta):
         seconds = int(default.total_seconds())
+        units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+        # Days from two on (24h reads better than 1d).
         unit, size = next(
-            (u, n) for u, n in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)) if seconds % n == 0
+            (u, n) for u, n in units if seconds % n == 0 and (u != "d" or seconds >= 2 * n)
         )
         shown = f"{seconds // size}{unit}"
     else:
