@@ -9,7 +9,8 @@ across commands) is the API.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from socialads.local.embedded import ensure_local_server
@@ -41,3 +42,19 @@ def prepare_prefect(settings: Settings, notify: Callable[[str], None] | None = N
         env["PREFECT_API_URL"] = ensure_local_server(settings.prefect_home, notify).api_url
     os.environ.update(env)
     return env["PREFECT_API_URL"]
+
+
+@contextmanager
+def attended_run() -> Iterator[None]:
+    """Prefect settings for flows this process runs in front of its user (``socialads train``,
+    ``monitor --retrain``): no flow-run heartbeats.
+
+    Heartbeats only feed Prefect's detection of crashed runs (an automation a deployment's
+    owner may set up); here the user sees the crash. Each sync flow run also waits for its
+    heartbeat thread's current 1 s sleep at exit — up to a second per (sub)flow.
+    Deployment runs keep them.
+    """
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield

@@ -242,9 +242,11 @@ def _pipeline(
     if talk:
         _say(f"Prefect API: {api}")
     from flows.pipeline import pipeline_flow
+    from flows.runtime import attended_run
     from socialads.models.tracking import preload
 
     with ExitStack() as stack:
+        stack.enter_context(attended_run())
         if not state.verbose:
             stack.enter_context(noise_to_file(_train_log(state)))
         else:  # MLflow prints run URLs to stdout
