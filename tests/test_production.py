@@ -26,7 +26,7 @@ from socialads.data.production import (
 )
 from socialads.data.validation import check_records
 from socialads.errors import DataValidationError
-from socialads.serving.predlog import BufferedLog
+from socialads.serving.predlog import BufferedLog, RequestIds
 
 T0 = datetime(2026, 12, 1, 23, 59, 58, tzinfo=UTC)
 
@@ -207,3 +207,25 @@ def test_feedback_rows_are_typed(lake: Lake) -> None:
     assert str(frame["received_at"].dtype).startswith("datetime64")
     buffer = io.BytesIO(lake.read_bytes(production.part_keys(lake, FEEDBACK_LOG)[0]))
     assert pq.read_schema(buffer) == production.feedback_schema()
+
+
+def test_request_ids_are_new_unless_the_client_sent_a_sane_one() -> None:
+    import threading
+
+    ids, other = RequestIds(), RequestIds()
+    made: list[str] = []
+
+    def make() -> None:
+        made.extend(ids() for _ in range(5000))
+
+    threads = [threading.Thread(target=make) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(made)) == 20000  # distinct across threads
+    assert all(len(rid) == 32 and int(rid, 16) >= 0 for rid in made)
+    assert other() not in made  # another app (worker, start) draws another prefix
+    assert ids("order-17:retry_2.a") == "order-17:retry_2.a"
+    for insane in ("", "has space", "x" * 129, "naïve", "a/b"):
+        assert len(ids(insane)) == 32, insane

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 
 from socialads.serving.metrics import ServingMetrics
 from socialads.serving.model_store import LoadedModel, ModelStore
-from socialads.serving.predlog import ProductionLog, request_id
+from socialads.serving.predlog import ProductionLog, RequestIds
 from socialads.settings import Settings
 
 API_KEY_HEADER = "X-API-Key"  # pragma: allowlist secret (a header name)
@@ -33,6 +33,7 @@ class Services:
     store: ModelStore
     metrics: ServingMetrics
     production_log: ProductionLog
+    request_ids: RequestIds
 
     @property
     def recorder(self) -> ProductionLog | None:
@@ -47,7 +48,7 @@ def services_of(request: Request) -> Services:
 
 def request_id_of(request: Request) -> str:
     """The request's id: its ``X-Request-ID`` when sane, else a new one."""
-    return request_id(request.headers.get(REQUEST_ID_HEADER))
+    return services_of(request).request_ids(request.headers.get(REQUEST_ID_HEADER))
 
 
 # Async: FastAPI runs a plain ``def`` dependency in its thread pool.

@@ -41,7 +41,7 @@ from socialads.serving.api.deps import (
 )
 from socialads.serving.metrics import ServingMetrics
 from socialads.serving.model_store import LoadedModel
-from socialads.serving.predlog import ProductionLog, request_id
+from socialads.serving.predlog import ProductionLog
 from socialads.serving.schemas import (
     BatchRequest,
     BatchResponse,
@@ -91,7 +91,7 @@ async def predict(request: Request) -> Response:
     model = services.store.require()  # read once: a reload rebinds, never mutates
     prediction, probability = await model.batcher.predict(record.gender, record.age, record.salary)
     services.metrics.count_prediction(prediction)
-    rid = request_id(sent_id)
+    rid = services.request_ids(sent_id)
     recorder = services.recorder
     if recorder is not None:
         features = (record.gender, record.age, record.salary)
