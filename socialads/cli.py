@@ -212,8 +212,9 @@ def train(
     if quiet:
         typer.echo(headline)
         return
-    # Piped, the table keeps every column rather than fitting 80 characters.
-    out = Console(highlight=False, width=None if console.is_terminal else 160)
+    out = Console(highlight=False)
+    if not out.is_terminal:  # piped, the table keeps every column rather than fitting 80
+        out.width = 160
     out.print(leaderboard_table(report))
     out.print(f"[bold]{escape(headline)}[/]")
     out.print(f"run {report['run_id']} in {result['seconds']} s; log: {log_file}", style="dim")
