@@ -20,6 +20,14 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 TOOL_PREFIXES = ("SOCIALADS_", "MLFLOW_", "PREFECT_", "AWS_", "MINIO_", "DATA_REPO_", "PROMETHEUS_")
 CLI = [sys.executable, "-m", "socialads"]
+DEPLOYMENTS = (
+    "pipeline/socialads",
+    "data-prep/socialads",
+    "train/socialads",
+    "score/socialads",
+    "monitor/socialads",
+)
+"""What `socialads deploy` registers (the stack and compose tests look for each)."""
 
 
 def environ_without_tools() -> dict[str, str]:

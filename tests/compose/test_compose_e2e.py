@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from testkit import ROOT, env_file_values, environ_without_tools
+from testkit import DEPLOYMENTS, ROOT, env_file_values, environ_without_tools
 
 pytestmark = [pytest.mark.compose, pytest.mark.slow]
 
@@ -40,13 +40,6 @@ ARTIFACTS = ROOT / "test-artifacts" / "compose"
 PROJECT = "socialads-e2e"
 APP_IMAGE_USER = "10001"
 UP_TIMEOUT = 1800  # a cold build of the app image takes ~6 min here (vfs storage)
-DEPLOYMENTS = (
-    "pipeline/socialads",
-    "data-prep/socialads",
-    "train/socialads",
-    "score/socialads",
-    "monitor/socialads",
-)
 ADDRESS_VARIABLES = ("S3_PORT", "POSTGRES_PORT", "MLFLOW_PORT", "PREFECT_PORT", "API_PORT")
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from testkit import CLI, environ_without_tools, run_cli
+from testkit import CLI, DEPLOYMENTS, environ_without_tools, run_cli
 
 from socialads.local import supervisor
 from socialads.local.servers import prefect_server
@@ -118,9 +118,9 @@ def test_deploy_survives_a_prefect_server_restart(tmp_path: Path) -> None:
                 for f in httpx.post(f"{api}/flows/filter", json={}, timeout=5).json()
             }
             ready = {names[d["flow_id"]]: d["id"] for d in found if d["status"] == "READY"}
-            return ready if len(ready) == 5 else {}
+            return ready if len(ready) == len(DEPLOYMENTS) else {}
 
-        _wait(deployments, 180, "five Ready deployments")
+        _wait(deployments, 180, f"{len(DEPLOYMENTS)} Ready deployments")
         supervisor.stop({"prefect": server.record}, grace=60)
         server.process.wait(timeout=10)
         time.sleep(5)

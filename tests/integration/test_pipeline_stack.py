@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, get_args
 
 import httpx
 import pytest
-from testkit import CLI, Ran, environ_without_tools, run_cli
+from testkit import CLI, DEPLOYMENTS, Ran, environ_without_tools, run_cli
 
 from socialads.data.lake import MANIFEST_KEY, RAW_KEY, bundled_dataset, sha256
 from socialads.local.supervisor import group_members
@@ -40,13 +40,6 @@ MODEL = "SocialNetworkAdsModel"
 EXPERIMENT = "Social_Network_Ads_Experiment"
 DATA_BUCKET = "data"
 ARTIFACTS_BUCKET = "mlflow"
-DEPLOYMENTS = (
-    "pipeline/socialads",
-    "data-prep/socialads",
-    "train/socialads",
-    "score/socialads",
-    "monitor/socialads",
-)
 # Deployments whose every parameter defaults to a setting (no default parameters of their own).
 NO_DEFAULTS = ("flows.score.score_flow", "flows.monitor.monitor_flow")
 # Everything the settings read S3 from (the rest of AWS_* never reaches the CLI: see cli_env).
