@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from testkit import CLI, environ_without_tools, run_cli
+from testkit import CLI, environ_without_tools, publish_processed, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -116,10 +116,7 @@ def test_tracking_leaves_no_process_wide_state(tmp_path: Path) -> None:
 
     import mlflow
 
-    from socialads.data.lake import Lake, bundled_dataset, sha256
-    from socialads.data.processed import write_processed
-    from socialads.data.validation import load_and_validate
-    from socialads.features.preprocessing import fit_scaler, split
+    from socialads.data.lake import Lake, bundled_dataset
     from socialads.models.tracking import preload
     from socialads.models.training import search_named, track_and_register
     from socialads.settings import Settings
@@ -131,18 +128,8 @@ def test_tracking_leaves_no_process_wide_state(tmp_path: Path) -> None:
 
     environment = tool_variables()
     default_uri = mlflow.get_tracking_uri()
-    raw = bundled_dataset()
-    frame = load_and_validate(raw)
-    train, test = split(frame, settings.test_size, settings.random_state)
-    manifest = write_processed(
-        Lake.from_settings(settings),
-        raw_sha256=sha256(raw),
-        raw_rows=len(frame),
-        train=train,
-        test=test,
-        scaler=fit_scaler(train),
-        test_size=settings.test_size,
-        random_state=settings.random_state,
+    train, test, manifest = publish_processed(
+        Lake.from_settings(settings), bundled_dataset(), settings
     )
     preload(settings).join()
     results = [search_named(settings, "gaussian_nb", train, test)]

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from testkit import ROOT, Ran, environ_without_tools, run_cli, traffic
+from testkit import ROOT, Ran, environ_without_tools, publish_processed, run_cli, traffic
 
 from socialads.data import production
-from socialads.data.lake import RAW_KEY, Lake, sha256
+from socialads.data.lake import RAW_KEY, Lake
 from socialads.data.processed import write_processed
 from socialads.data.production import FEEDBACK_LOG, PREDICTION_LOG, table_of, write_parts
 from socialads.data.schema import FEATURES
@@ -52,19 +52,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     lake = Lake.from_settings(settings)
     lake.ensure_root()
     lake.ensure_raw()
-    raw = lake.read_bytes(RAW_KEY)
-    frame = load_and_validate(raw)
-    train, test = split(frame, settings.test_size, settings.random_state)
-    manifest = write_processed(
-        lake,
-        raw_sha256=sha256(raw),
-        raw_rows=len(frame),
-        train=train,
-        test=test,
-        scaler=fit_scaler(train),
-        test_size=settings.test_size,
-        random_state=settings.random_state,
-    )
+    train, test, manifest = publish_processed(lake, lake.read_bytes(RAW_KEY), settings)
     report = track_and_register(settings, search_all(settings, train, test), train, test, manifest)
     assert report.decision.promoted
     yield settings

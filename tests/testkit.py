@@ -105,3 +105,26 @@ def traffic(
     picked[AGE] = (picked[AGE] + age_shift).clip(BOUNDS[AGE].minimum, BOUNDS[AGE].maximum)
     picked[SALARY] = (picked[SALARY] * salary_factor).round().clip(upper=BOUNDS[SALARY].maximum)
     return picked
+
+
+def publish_processed(lake: Any, raw: bytes, settings: Any) -> tuple[Any, Any, Any]:
+    """Data-prep without Prefect, as the data-prep flow's tasks do it: validate ``raw``, split,
+    scale and publish a processed run to ``lake``; (train, test, manifest)."""
+    from socialads.data.lake import sha256
+    from socialads.data.processed import write_processed
+    from socialads.data.validation import load_and_validate
+    from socialads.features.preprocessing import fit_scaler, split
+
+    frame = load_and_validate(raw)
+    train, test = split(frame, settings.test_size, settings.random_state)
+    manifest = write_processed(
+        lake,
+        raw_sha256=sha256(raw),
+        raw_rows=len(frame),
+        train=train,
+        test=test,
+        scaler=fit_scaler(train),
+        test_size=settings.test_size,
+        random_state=settings.random_state,
+    )
+    return train, test, manifest
