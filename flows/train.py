@@ -73,9 +73,13 @@ def registry_lock() -> Iterator[None]:
     (a global concurrency limit of one slot, created on first use)."""
     from prefect.client.orchestration import get_client
     from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists
 
     with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(REGISTRY_LOCK, 1)
+        try:
+            client.upsert_global_concurrency_limit_by_name(REGISTRY_LOCK, 1)
+        except ObjectAlreadyExists:  # the upsert is read-then-create: another run created it
+            pass
     with concurrency(REGISTRY_LOCK, occupy=1, timeout_seconds=600, strict=True):
         yield
 

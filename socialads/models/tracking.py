@@ -147,13 +147,23 @@ def global_tracking_uri(uri: str) -> Iterator[None]:
 def ensure_experiment(client: MlflowClient, settings: Settings, name: str | None = None) -> str:
     """The id of experiment ``name`` (default: the training experiment), created on first use
     (with local artifacts for the embedded store)."""
+    from mlflow.exceptions import MlflowException
+
     name = name or settings.experiment_name
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=settings.mlflow_artifact_root)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=settings.mlflow_artifact_root)
+        except MlflowException as exc:
+            # Another training created it since the lookup (two runs starting together).
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
 
 
 def _figure_bytes(result: CandidateResult, test: pd.DataFrame) -> dict[str, bytes]:

@@ -98,7 +98,13 @@ async def generate_load(
     url: str, seconds: float, tally: Tally, moves: list[tuple[float, Any]], record: bool = True
 ) -> float:
     """Run CONCURRENCY hammers for ``seconds``; call each move at its offset. Elapsed time."""
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    # httpx keeps an idle connection 5 s by default, as long as uvicorn's keep-alive timeout:
+    # a request sent on one the server is closing at that moment fails with a reset (seen
+    # once in CI, where a slow client left some pooled connections idle). Clients must
+    # expire theirs first.
+    limits = httpx.Limits(
+        max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY, keepalive_expiry=1.0
+    )
     async with httpx.AsyncClient(base_url=url, timeout=10.0, limits=limits) as client:
         start = time.monotonic()
         stop_at = start + seconds
