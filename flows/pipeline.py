@@ -18,11 +18,18 @@ def pipeline_flow(
     selection_metric: SelectionMetric | None = None,
     candidates: list[CandidateName] | None = None,
     cv_folds: int | None = None,
+    dask_address: str | None = None,
 ) -> dict[str, Any]:
     """Run data-prep, then train, as subflows; a failed validation stops before training.
 
-    Empty parameters take their value from the settings (SOCIALADS_*).
+    Empty parameters take their value from the settings (SOCIALADS_*); ``dask_address``
+    (SOCIALADS_DASK_ADDRESS) runs the training's search on that Dask scheduler's workers.
     """
     manifest = data_prep_flow(test_size=test_size, random_state=random_state)
-    report = train_flow(selection_metric=selection_metric, candidates=candidates, cv_folds=cv_folds)
+    report = train_flow(
+        selection_metric=selection_metric,
+        candidates=candidates,
+        cv_folds=cv_folds,
+        dask_address=dask_address,
+    )
     return {"data_prep": manifest, "train": report}

@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import LAKE_IO, flow_settings
 from socialads.data.lake import Lake
 from socialads.data.processed import read_processed
+from socialads.models.cluster import CONNECT_TIMEOUT, check_scheduler
 from socialads.models.tracking import preload
 from socialads.models.training import leaderboard_markdown, search_named, track_and_register
 from socialads.serving.oneoff import refresh_cache
@@ -84,10 +85,39 @@ def registry_lock() -> Iterator[None]:
         yield
 
 
+def search_candidates(
+    settings: Settings, train: pd.DataFrame, test: pd.DataFrame
+) -> list[CandidateResult]:
+    """Search every candidate: one after the other in this process, or with
+    SOCIALADS_DASK_ADDRESS as tasks on that Dask cluster (each one's CV fits spread over
+    its workers too, see :mod:`socialads.models.cluster`)."""
+    if settings.dask_address is None:
+        return [search(name, train, test, settings) for name in settings.candidates]
+    from prefect_dask.task_runners import DaskTaskRunner
+
+    runner = DaskTaskRunner(
+        address=settings.dask_address, client_kwargs={"timeout": CONNECT_TIMEOUT}
+    )
+    with runner:
+        futures = [
+            runner.submit(search, {"name": n, "train": train, "test": test, "settings": settings})
+            for n in settings.candidates
+        ]
+        return [future.result() for future in futures]
+
+
 def run_training(settings: Settings) -> TrainingReport:
     """Training steps as tasks, for use inside any flow."""
+    if settings.dask_address is not None:  # before anything is read or changed
+        cluster = check_scheduler(settings.dask_address)
+        get_run_logger().info(
+            "searching on the Dask cluster at %s (%d workers, %d threads)",
+            cluster.address,
+            cluster.workers,
+            cluster.threads,
+        )
     train, test, manifest = load_processed(Lake.from_settings(settings))
-    results = [search(name, train, test, settings) for name in settings.candidates]
+    results = search_candidates(settings, train, test)
     report = register(settings, results, train, test, manifest)
     create_markdown_artifact(
         leaderboard_markdown(report),
@@ -102,13 +132,18 @@ def train_flow(
     selection_metric: SelectionMetric | None = None,
     candidates: list[CandidateName] | None = None,
     cv_folds: int | None = None,
+    dask_address: str | None = None,
 ) -> dict[str, Any]:
     """Search the candidates on the processed splits, track in MLflow, register and gate.
 
-    Empty parameters take their value from the settings (SOCIALADS_SELECTION_METRIC, ...).
+    Empty parameters take their value from the settings (SOCIALADS_SELECTION_METRIC, ...);
+    ``dask_address`` (SOCIALADS_DASK_ADDRESS) runs the search on that Dask scheduler's workers.
     """
     settings = flow_settings(
-        selection_metric=selection_metric, candidates=candidates, cv_folds=cv_folds
+        selection_metric=selection_metric,
+        candidates=candidates,
+        cv_folds=cv_folds,
+        dask_address=dask_address,
     )
     preload(settings)  # MLflow's imports overlap with the search
     return run_training(settings).as_dict()

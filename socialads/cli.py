@@ -23,6 +23,9 @@ from socialads.data.schema import AGE, BOUNDS, GENDERS, SALARY
 from socialads.errors import SocialAdsError
 from socialads.settings import SelectionMetric, option_for
 
+LOCAL_CLUSTER = "local"
+"""`socialads train --dask local`: a temporary Dask cluster on this machine."""
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
@@ -164,6 +167,17 @@ def train(
     cv_folds: Annotated[
         int | None, typer.Option(**option_for("cv_folds", "Stratified CV folds."))
     ] = None,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            "--dask",
+            **option_for(
+                "dask_address",
+                "Search on a Dask cluster: its scheduler's address (tcp://host:8786), or "
+                f"`{LOCAL_CLUSTER}` for a temporary one of two worker processes here.",
+            ),
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the report as JSON (nothing else on stdout).")
     ] = False,
@@ -185,6 +199,7 @@ def train(
         "selection_metric": metric,
         "candidates": candidates,
         "cv_folds": cv_folds,
+        "dask_address": None if dask == LOCAL_CLUSTER else dask,
     }
 
     checked = _with_options(**overrides)  # fail fast on bad options, before Prefect starts
@@ -201,7 +216,18 @@ def train(
     live = console.is_terminal and not (as_json or quiet or state.verbose)
 
     def body() -> dict[str, Any]:
-        return _pipeline(state, checked, overrides, talk=not (as_json or quiet), live=live)
+        if checked.dask_address and dask != LOCAL_CLUSTER:
+            from socialads.models.cluster import check_scheduler
+
+            check_scheduler(checked.dask_address)  # fail before Prefect starts
+        return _pipeline(
+            state,
+            checked,
+            overrides,
+            talk=not (as_json or quiet),
+            live=live,
+            local_cluster=dask == LOCAL_CLUSTER,
+        )
 
     result = _run(state, body, hint=_log_hint(state))
     report = result["train"]
@@ -227,13 +253,15 @@ def _pipeline(
     *,
     talk: bool = True,
     live: bool = False,
+    local_cluster: bool = False,
 ) -> dict[str, Any]:
     """Run the pipeline flow in this process (Prefect's local server when no API is set).
 
     ``settings`` are those of the run (``parameters``, the flow's, applied); ``talk`` says
-    which Prefect API is used; ``live`` draws the steps on the terminal. Prefect's and
-    MLflow's console output goes to the train log (everywhere, with --verbose; stdout then
-    stays the command's own).
+    which Prefect API is used; ``live`` draws the steps on the terminal; ``local_cluster``
+    searches on a temporary local Dask cluster, closed at the end. Prefect's and MLflow's
+    console output goes to the train log (everywhere, with --verbose; stdout then stays the
+    command's own).
     """
     from socialads.console import StepDisplay, noise_to_file, stderr_console
 
@@ -246,16 +274,26 @@ def _pipeline(
     from flows.runtime import attended_run
     from socialads.models.tracking import preload
 
+    parameters = dict(parameters or {})
     with ExitStack() as stack:
         stack.enter_context(attended_run())
         if not state.verbose:
             stack.enter_context(noise_to_file(_train_log(state)))
         else:  # MLflow prints run URLs to stdout
             stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+        if local_cluster:  # after Prefect's environment is set: the workers inherit it
+            from socialads.models.cluster import local_cluster as start_cluster
+
+            # The workers' stderr is this terminal: their Prefect logs go to the API only.
+            quiet = {} if state.verbose else {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING"}
+            address = stack.enter_context(start_cluster(env=quiet))
+            parameters["dask_address"] = address
+            if talk:
+                terminal.print(f"Dask cluster: {address} (temporary, 2 workers)", style="dim")
         if live:
             stack.enter_context(StepDisplay(terminal, len(settings.candidates)))
         preload(settings)  # MLflow's imports overlap with data-prep and the search
-        result: dict[str, Any] = pipeline_flow(**(parameters or {}))
+        result: dict[str, Any] = pipeline_flow(**parameters)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 

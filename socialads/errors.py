@@ -92,6 +92,20 @@ class MonitoringError(SocialAdsError):
     """The champion's reference data cannot be found (no lineage on its run, data pruned)."""
 
 
+class ClusterUnreachableError(SocialAdsError):
+    """The Dask scheduler the training was told to use does not answer."""
+
+    exit_code = 5
+
+    def __init__(self, address: str, reason: str) -> None:
+        self.address = address
+        super().__init__(
+            f"the Dask scheduler at {address} is unreachable ({reason}); check that it runs, "
+            "that this machine can reach that host and port, and SOCIALADS_DASK_ADDRESS "
+            "(or --dask)"
+        )
+
+
 class ServiceError(SocialAdsError):
     """A local server (Prefect, MLflow, S3) could not be started, checked or stopped."""
 

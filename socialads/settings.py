@@ -158,6 +158,12 @@ class Settings(BaseSettings):
         description="Comma-separated candidate families to search.",
     )
     n_jobs: int = Field(default=1, validation_alias=_env("SOCIALADS_N_JOBS"))
+    dask_address: str | None = Field(
+        default=None,
+        validation_alias=_env("SOCIALADS_DASK_ADDRESS"),
+        description="Dask scheduler (e.g. tcp://scheduler:8786) the training searches its "
+        "candidates on, their CV fits spread over its workers; unset: in the flow's process.",
+    )
     train_with_production: bool = Field(
         default=True,
         validation_alias=_env("SOCIALADS_TRAIN_WITH_PRODUCTION"),
@@ -312,6 +318,19 @@ class Settings(BaseSettings):
     def _positive_window(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):
             raise ValueError("the window must be longer than zero")
+        return value
+
+    @field_validator("dask_address", mode="before")
+    @classmethod
+    def _scheduler_address(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                return None
+            if not re.fullmatch(r"[a-z][a-z0-9+.-]*://\S+", value):
+                raise ValueError(
+                    f"not a Dask scheduler address: {value!r} (e.g. tcp://127.0.0.1:8786)"
+                )
         return value
 
     @field_validator("monitor_cron", mode="before")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from socialads.errors import RegistryError, SocialAdsError
 from socialads.models.candidates import CANDIDATES
+from socialads.models.cluster import fits_on_cluster
 from socialads.models.search import CandidateResult, grid_size, rank, search_candidate
 from socialads.progress import step
 
@@ -100,15 +101,16 @@ def search_named(
     grid, folds = grid_size(candidate), settings.cv_folds
     plan = f"{grid} settings x {folds} folds = {grid * folds} fits"
     with step(f"search:{name}", "search", name, plan) as note:
-        result = search_candidate(
-            candidate,
-            train,
-            test,
-            metric=settings.selection_metric,
-            cv_folds=folds,
-            random_state=settings.random_state,
-            n_jobs=settings.n_jobs,
-        )
+        with fits_on_cluster(settings.dask_address):
+            result = search_candidate(
+                candidate,
+                train,
+                test,
+                metric=settings.selection_metric,
+                cv_folds=folds,
+                random_state=settings.random_state,
+                n_jobs=settings.n_jobs,
+            )
         result.onnx = export(result.pipeline, test)
         metric = settings.selection_metric
         note.detail = (
