@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
@@ -15,7 +16,14 @@ from socialads.data.lake import Lake
 from socialads.data.processed import read_processed
 from socialads.models.cluster import CONNECT_TIMEOUT, check_scheduler
 from socialads.models.tracking import preload
-from socialads.models.training import leaderboard_markdown, search_named, track_and_register
+from socialads.models.training import (
+    leaderboard_markdown,
+    search_named,
+    search_outcome,
+    search_plan,
+    track_and_register,
+)
+from socialads.progress import Step, emit
 from socialads.serving.oneoff import refresh_cache
 from socialads.settings import CandidateName, SelectionMetric
 
@@ -98,12 +106,35 @@ def search_candidates(
     runner = DaskTaskRunner(
         address=settings.dask_address, client_kwargs={"timeout": CONNECT_TIMEOUT}
     )
+    # The searches' own step records are logged on the workers (their task runs' logs):
+    # this process reports them too, for the CLI's display and the flow run's log.
+    steps = {
+        name: Step(
+            f"search:{name}", "search", name, detail=f"{search_plan(settings, name)} on Dask"
+        )
+        for name in settings.candidates
+    }
+    results = []
     with runner:
-        futures = [
-            runner.submit(search, {"name": n, "train": train, "test": test, "settings": settings})
-            for n in settings.candidates
-        ]
-        return [future.result() for future in futures]
+        futures = {
+            name: runner.submit(
+                search, {"name": name, "train": train, "test": test, "settings": settings}
+            )
+            for name in settings.candidates
+        }
+        for name in futures:
+            emit(steps[name])
+        for name, future in futures.items():
+            try:
+                result = future.result()
+            except BaseException as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                emit(replace(steps[name], status="failed", detail=first))
+                raise
+            outcome = search_outcome(result, settings.selection_metric)
+            emit(replace(steps[name], status="finished", detail=outcome))
+            results.append(result)
+    return results
 
 
 def run_training(settings: Settings) -> TrainingReport:

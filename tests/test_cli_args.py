@@ -15,6 +15,7 @@ NONSENSE = [
     ["train", "--cv-folds", "1"],
     ["train", "--candidates", "deep_net"],
     ["train", "unexpected"],
+    ["train", "--dask", "scheduler:8786"],
     ["predict"],
     ["predict", "--gender", "Female", "--age", "old", "--salary", "1"],
     ["predict", "--gender", "Female", "--age", "200", "--salary", "1"],

@@ -98,9 +98,8 @@ def search_named(
     from socialads.models.onnx_export import export
 
     candidate = CANDIDATES[name]
-    grid, folds = grid_size(candidate), settings.cv_folds
-    plan = f"{grid} settings x {folds} folds = {grid * folds} fits"
-    with step(f"search:{name}", "search", name, plan) as note:
+    folds = settings.cv_folds
+    with step(f"search:{name}", "search", name, search_plan(settings, name)) as note:
         with fits_on_cluster(settings.dask_address):
             result = search_candidate(
                 candidate,
@@ -112,16 +111,27 @@ def search_named(
                 n_jobs=settings.n_jobs,
             )
         result.onnx = export(result.pipeline, test)
-        metric = settings.selection_metric
-        note.detail = (
-            f"cv {metric} {result.cv_score:.4f} ± {result.cv_std:.4f} "
-            f"[{' '.join(f'{s:.3f}' for s in result.cv_fold_scores)}], "
-            f"holdout {metric} {result.score(metric):.4f}, {result.fit_seconds:.1f} s, "
-            f"{'ONNX' if result.onnx.model is not None else 'scikit-learn'} serving"
-        )
+        note.detail = search_outcome(result, settings.selection_metric)
     if result.onnx.reason:
         log.info("%s will be served by scikit-learn: %s", name, result.onnx.reason)
     return result
+
+
+def search_plan(settings: Settings, name: CandidateName) -> str:
+    """What the search of ``name`` will do, e.g. ``4 settings x 5 folds = 20 fits``."""
+    grid, folds = grid_size(CANDIDATES[name]), settings.cv_folds
+    return f"{grid} settings x {folds} folds = {grid * folds} fits"
+
+
+def search_outcome(result: CandidateResult, metric: str) -> str:
+    """One line on a finished search: CV score and folds, holdout score, time, engine."""
+    engine = "ONNX" if result.onnx is not None and result.onnx.model is not None else "scikit-learn"
+    return (
+        f"cv {metric} {result.cv_score:.4f} ± {result.cv_std:.4f} "
+        f"[{' '.join(f'{s:.3f}' for s in result.cv_fold_scores)}], "
+        f"holdout {metric} {result.score(metric):.4f}, {result.fit_seconds:.1f} s, "
+        f"{engine} serving"
+    )
 
 
 def search_all(
