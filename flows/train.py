@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from pydantic import SecretStr
 
 from flows.common import LAKE_IO, flow_settings
 from socialads.data.lake import Lake
@@ -114,11 +115,16 @@ def search_candidates(
         )
         for name in settings.candidates
     }
+    # The workers get no credentials: a search reads and writes nothing (the splits are
+    # passed to it, its result comes back here).
+    shipped = settings.model_copy(
+        update={name: None for name, value in settings if isinstance(value, SecretStr)}
+    )
     results = []
     with runner:
         futures = {
             name: runner.submit(
-                search, {"name": name, "train": train, "test": test, "settings": settings}
+                search, {"name": name, "train": train, "test": test, "settings": shipped}
             )
             for name in settings.candidates
         }

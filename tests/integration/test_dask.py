@@ -8,6 +8,7 @@ equals a local run's to 1e-9, and a worker killed mid-search does not change it.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -179,6 +180,10 @@ def test_search_fans_out_over_both_workers_with_the_local_result(
         ran = train(home, "train", "--json", "--dask", cluster.address)
         tasks = task_stream(client)
     assert_same_result(home, ran, local_result)
+    # This process reports the searches done on the cluster, as a local run does.
+    log = (home / "logs" / "train.log").read_text()
+    for name in CANDIDATES.split(","):
+        assert f"search {name}: done (cv f1" in log
     workers = {t["worker"] for t in tasks}
     assert workers == set(cluster.workers), tasks
     searches = [t for t in tasks if str(t["key"]).startswith("search")]
@@ -223,3 +228,11 @@ def test_a_worker_killed_mid_search_changes_nothing(
             worker
         }
     assert_same_result(home, ran, local_result)
+
+
+def test_a_temporary_local_cluster_gives_the_local_result(home: Path, local_result: Any) -> None:
+    # `python -m socialads`: the cluster's worker processes (spawned) must not run the CLI.
+    ran = train(home, "train", "--json", "--dask", "local")
+    assert_same_result(home, ran, local_result)
+    log = (home / "logs" / "train.log").read_text()
+    assert re.search(r"searching on the Dask cluster at tcp://127\.0\.0\.1:\d+ \(2 workers", log)

@@ -454,6 +454,7 @@ TRAIN_SCHEMA = {
     "selection_metric": ("string", 0),
     "candidates": ("array", 1),
     "cv_folds": ("integer", 2),
+    "dask_address": ("string", 3),
 }
 PIPELINE_SCHEMA = {
     "test_size": ("number", 0),
@@ -461,6 +462,7 @@ PIPELINE_SCHEMA = {
     "selection_metric": ("string", 2),
     "candidates": ("array", 3),
     "cv_folds": ("integer", 4),
+    "dask_address": ("string", 5),
 }
 PREP_DEFAULTS = {"test_size": 0.2, "random_state": 42}
 TRAIN_DEFAULTS = {"selection_metric": "f1", "candidates": CANDIDATES, "cv_folds": 5}
