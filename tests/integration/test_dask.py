@@ -99,15 +99,17 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         }
         yield started
     finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        # Workers first: stopped while their scheduler is still up, they do not wait for it.
+        for group in (processes[1:], processes[:1]):
+            for process in group:
+                if process.poll() is None:
+                    process.terminate()
+            for process in group:
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
 
 
 def train(home: Path, *args: str) -> Ran:
