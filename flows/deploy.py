@@ -1,7 +1,9 @@
-"""Deployments of the flows, served from one long-running process (`socialads deploy`)."""
+"""Deployments of the flows: served from one long-running process (`socialads deploy`), or
+registered on a Prefect work pool whose workers run them (`socialads deploy --pool`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from prefect import serve
@@ -14,6 +16,7 @@ from flows.monitor import monitor_flow
 from flows.pipeline import pipeline_flow
 from flows.score import score_flow
 from flows.train import train_flow
+from socialads.errors import ConfigurationError
 from socialads.monitoring.monitor import EVENT, RESOURCE_PREFIX
 
 if TYPE_CHECKING:
@@ -109,3 +112,68 @@ def _version() -> str:
 def serve_deployments(settings: Settings, cron: str | None = None) -> None:
     """Register the deployments with the Prefect API and execute their runs until stopped."""
     serve(*build_deployments(settings, cron), limit=2)
+
+
+PROCESS_POOL = "process"
+
+
+@dataclass(frozen=True)
+class PoolDeployment:
+    """What `socialads deploy --pool` registered."""
+
+    pool: str
+    pool_type: str
+    created: bool
+    deployments: list[str]
+
+
+def deploy_to_pool(
+    settings: Settings, pool: str, cron: str | None = None, image: str | None = None
+) -> PoolDeployment:
+    """Register the deployments on work pool ``pool``, unpaused; its workers run them.
+
+    A missing pool is created as a process pool (workers run flows as local processes, with
+    their own environment's settings). A docker or kubernetes pool, created beforehand with
+    ``prefect work-pool create``, needs ``image``: the socialads image its jobs run.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    created = False
+    with get_client(sync_client=True) as client:
+        try:
+            work_pool = client.read_work_pool(pool)
+        except ObjectNotFound:
+            if image is not None:
+                raise ConfigurationError(
+                    f"work pool {pool!r} does not exist: an image needs a docker or kubernetes "
+                    f"pool, create it first (prefect work-pool create {pool} --type docker)"
+                ) from None
+            template = ProcessWorker.get_default_base_job_template()
+            try:
+                work_pool = client.create_work_pool(
+                    WorkPoolCreate(name=pool, type=PROCESS_POOL, base_job_template=template)
+                )
+                created = True
+            except ObjectAlreadyExists:  # created by another deploy since the read
+                work_pool = client.read_work_pool(pool)
+    takes_image = "image" in work_pool.base_job_template.get("variables", {}).get("properties", {})
+    if image is not None and not takes_image:
+        raise ConfigurationError(
+            f"work pool {pool!r} is a {work_pool.type} pool, which runs no images: "
+            "drop --image, or name a docker or kubernetes pool"
+        )
+    if image is None and takes_image:
+        raise ConfigurationError(
+            f"work pool {pool!r} is a {work_pool.type} pool: give the socialads image "
+            "its jobs run with --image"
+        )
+    names = []
+    for deployment in build_deployments(settings, cron):
+        # A deployment `socialads deploy` served before is paused since that process stopped.
+        deployment.paused = False
+        deployment.apply(work_pool_name=pool, image=image)
+        names.append(f"{deployment.flow_name}/{deployment.name}")
+    return PoolDeployment(pool, work_pool.type, created, names)

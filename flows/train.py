@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -85,11 +85,9 @@ def registry_lock() -> Iterator[None]:
     from prefect.concurrency.sync import concurrency
     from prefect.exceptions import ObjectAlreadyExists
 
-    with get_client(sync_client=True) as client:
-        try:
-            client.upsert_global_concurrency_limit_by_name(REGISTRY_LOCK, 1)
-        except ObjectAlreadyExists:  # the upsert is read-then-create: another run created it
-            pass
+    # The upsert reads, then creates: another run may create it in between.
+    with get_client(sync_client=True) as client, suppress(ObjectAlreadyExists):
+        client.upsert_global_concurrency_limit_by_name(REGISTRY_LOCK, 1)
     with concurrency(REGISTRY_LOCK, occupy=1, timeout_seconds=600, strict=True):
         yield
 

@@ -387,14 +387,29 @@ def deploy(
         str | None,
         typer.Option(**option_for("pipeline_cron", "Cron schedule of the pipeline deployment.")),
     ] = None,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            help="Register the deployments on this Prefect work pool (created as a process "
+            "pool if missing) and exit; `prefect worker start --pool NAME` runs them.",
+            show_default=False,
+        ),
+    ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            help="With --pool on a docker or kubernetes pool: the socialads image its jobs run.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Register the pipeline, data-prep, train, score and monitor deployments and serve them
-    until stopped.
+    until stopped — or, with --pool, leave them to a work pool's workers.
 
-    Start runs from the Prefect UI (Deployments) or the API; this process executes them.
-    monitor runs on its schedule (SOCIALADS_MONITOR_CRON, hourly); the pipeline deployment
-    carries an automation that starts it on the monitor's drift event, at most once per
-    SOCIALADS_MONITOR_COOLDOWN.
+    Start runs from the Prefect UI (Deployments) or the API; this process (or the pool's
+    workers) executes them. monitor runs on its schedule (SOCIALADS_MONITOR_CRON, hourly);
+    the pipeline deployment carries an automation that starts it on the monitor's drift
+    event, at most once per SOCIALADS_MONITOR_COOLDOWN.
     """
     state = _state(ctx)
     schedule = cron or state.settings.pipeline_cron
@@ -402,12 +417,28 @@ def deploy(
     if schedule and not re.fullmatch(r"\s*([\w*/,?#LW-]+\s+){4}[\w*/,?#LW-]+\s*", schedule):
         _fail(f"invalid cron schedule {schedule!r} (five fields, e.g. '0 3 * * *')", 2)
 
+    if image is not None and pool is None:
+        _fail("--image needs --pool (the work pool whose jobs run the image)", 2)
+
     def body() -> None:
         api = _start_prefect(state)
         _say(f"Prefect API: {api}")
-        from flows.deploy import serve_deployments
+        if pool is None:
+            from flows.deploy import serve_deployments
 
-        serve_deployments(state.settings, cron=schedule)
+            serve_deployments(state.settings, cron=schedule)
+            return
+        from flows.deploy import deploy_to_pool
+
+        done = deploy_to_pool(state.settings, pool, cron=schedule, image=image)
+        verb = "created" if done.created else "using"
+        _say(f"{verb} the {done.pool_type} work pool {done.pool!r}")
+        for name in done.deployments:
+            typer.echo(f"registered {name} on {done.pool}")
+        _say(
+            "runs wait for a worker; start one or more with the same settings as this command:\n"
+            f"  PREFECT_API_URL={api} prefect worker start --pool {done.pool}"
+        )
 
     _run(state, body)
 

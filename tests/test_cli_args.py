@@ -26,6 +26,7 @@ NONSENSE = [
     ["serve", "--workers", "0"],
     ["serve", "--reload-interval", "0"],
     ["deploy", "--cron", "every day"],
+    ["deploy", "--image", "socialads:latest"],
     ["lake", "init", "extra"],
     ["lake", "frobnicate"],
     ["local", "frobnicate"],

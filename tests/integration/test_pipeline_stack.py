@@ -703,3 +703,68 @@ def test_stopping_deploy_pauses_and_cron_deploy_schedules_the_pipeline(
     assert found["train/socialads"]["schedules"] == []
     monitor = found["monitor/socialads"]["schedules"]
     assert [(s["schedule"]["cron"], s["active"]) for s in monitor] == HOURLY
+
+
+# -- 6. work pools (last: it moves the deployments from the served process to the pool) -------
+
+
+def test_deploy_on_a_process_pool_and_a_real_worker_runs_the_pipeline(
+    cli: Callable[..., Ran],
+    prefect_api: httpx.Client,
+    mlflow_client: MlflowClient,
+    home: Path,
+    cli_env: dict[str, str],
+) -> None:
+    pool = f"socialads-it-{os.getpid()}"
+    registered = cli("deploy", "--pool", pool, timeout=180)
+    assert registered.returncode == 0, registered.describe()
+    assert f"created the process work pool {pool!r}" in registered.stderr
+    assert f"prefect worker start --pool {pool}" in registered.stderr
+    found = deployments(prefect_api)
+    assert {n: (d["work_pool_name"], d["paused"]) for n, d in found.items()} == {
+        n: (pool, False) for n in DEPLOYMENTS
+    }
+    again = cli("deploy", "--pool", pool, timeout=180)
+    assert again.returncode == 0, again.describe()
+    assert f"using the process work pool {pool!r}" in again.stderr
+    wrong = cli("deploy", "--pool", pool, "--image", "socialads:latest", timeout=180)
+    assert wrong.returncode == 2 and "runs no images" in wrong.stderr, wrong.describe()
+
+    count_before, _ = registry_state(mlflow_client)
+    created = (
+        prefect_api.post(
+            f"/deployments/{found['pipeline/socialads']['id']}/create_flow_run",
+            json={"parameters": {"candidates": ["gaussian_nb"]}},
+        )
+        .raise_for_status()
+        .json()
+    )
+    worker_log = home / "worker.log"
+    with worker_log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(Path(CLI[0]).parent / "prefect"), "worker", "start", "--pool", pool],
+            env=cli_env | {"PREFECT_WORKER_QUERY_SECONDS": "1"},
+            cwd=home,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    worker = Served(process, worker_log)
+    try:
+
+        def finished() -> dict[str, Any] | None:
+            run = prefect_api.get(f"/flow_runs/{created['id']}").raise_for_status().json()
+            return run if run["state"]["type"] in TERMINAL else None
+
+        run = wait_for(
+            "the worker to run the pipeline", finished, FLOW_RUN_TIMEOUT_S, 2.0, worker.output
+        )
+    finally:
+        stopped = worker.stop()
+    assert run["state"]["type"] == "COMPLETED", (run["state"], worker.output())
+    assert run["work_pool_name"] == pool
+    workers = prefect_api.post(f"/work_pools/{pool}/workers/filter", json={}).json()
+    assert len(workers) == 1, workers
+    assert registry_state(mlflow_client)[0] == count_before + 1
+    assert stopped["graceful"], (stopped, worker.output())
