@@ -56,8 +56,10 @@ PORT_VARIABLES = (
 )
 HOST_VARIABLES = ("S3_HOST", "POSTGRES_HOST", "MLFLOW_HOST", "PREFECT_HOST")
 ADDRESS_VARIABLES = (*PORT_VARIABLES, *HOST_VARIABLES, "BIND_ADDRESS")
-APP_SERVICES = ("bucket-init", "flows", "api")
+APP_SERVICES = ("bucket-init", "flows", "api", "pool-deploy")
 INFRA_SERVICES = {"s3", "bucket-init", "postgres", "mlflow", "prefect-server"}
+# The scale profile's own services: the deployments on a work pool, its workers, Dask.
+SCALE_SERVICES = {"pool-deploy", "worker", "dask-scheduler", "dask-worker"}
 # Settings each app service must receive, by field name of socialads.settings.Settings.
 LAKE_FIELDS = (
     "home",
@@ -71,6 +73,7 @@ LAKE_FIELDS = (
 STACK_FIELDS: dict[str, tuple[str, ...]] = {
     "bucket-init": LAKE_FIELDS,
     "flows": (*LAKE_FIELDS, "tracking_uri", "prefect_api_url"),
+    "pool-deploy": (*LAKE_FIELDS, "tracking_uri", "prefect_api_url"),
     "api": ("home", "tracking_uri", "s3_endpoint_url", "s3_access_key", "s3_secret_key"),
 }
 
@@ -153,8 +156,9 @@ def healthcheck_python(service: dict[str, Any]) -> str | None:
 
 @pytest.fixture(scope="module")
 def model() -> dict[str, Any]:
-    """The compose model as Compose itself resolves it (profile all, .env.example)."""
-    result = compose("--profile", "all", "config", "--format", "json")
+    """The compose model as Compose itself resolves it (profiles all and scale: every
+    service; .env.example)."""
+    result = compose("--profile", "all", "--profile", "scale", "config", "--format", "json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -185,7 +189,7 @@ def native(stack_cfg: StackConfig) -> dict[str, Service]:
 # -- Compose accepts the file; required variables fail loudly ----------------------------------
 
 
-@pytest.mark.parametrize("profile", [None, "infra", "all"])
+@pytest.mark.parametrize("profile", [None, "infra", "all", "scale"])
 def test_config_is_valid(profile: str | None) -> None:
     args = ("--profile", profile) if profile else ()
     result = compose(*args, "config", "--quiet")
@@ -268,8 +272,9 @@ def test_env_example_keeps_the_original_project_defaults() -> None:
         assert values[variable] in yaml.safe_load(COMPOSE_FILE.read_text())["services"]
 
 
-def test_plain_commands_act_on_every_service() -> None:
-    """COMPOSE_PROFILES in .env: `docker compose down -v` without --profile sees everything."""
+def test_plain_commands_act_on_every_service_of_the_profile() -> None:
+    """COMPOSE_PROFILES in .env: `docker compose down -v` without --profile sees everything
+    the profile started."""
     assert env_file_values()["COMPOSE_PROFILES"] == "all"
     result = compose("config", "--services")
     assert result.returncode == 0, result.stderr
@@ -279,12 +284,36 @@ def test_plain_commands_act_on_every_service() -> None:
 # -- profiles, dependencies, images -------------------------------------------------------------
 
 
-def test_all_profile_contains_every_service(
+def test_every_service_is_in_the_all_or_the_scale_profile(
     raw: dict[str, Any], services: dict[str, dict[str, Any]]
 ) -> None:
     assert set(services) == set(raw["services"])
     for name, service in raw["services"].items():
-        assert "all" in service.get("profiles", []), name
+        assert {"all", "scale"} & set(service.get("profiles", [])), name
+
+
+def test_scale_profile_is_all_with_the_flows_on_a_pool_and_dask() -> None:
+    """`scale` replaces `all`: the serving `flows` would run the same deployments."""
+    result = compose("--profile", "scale", "config", "--services")
+    assert result.returncode == 0, result.stderr
+    assert set(result.stdout.split()) == INFRA_SERVICES | {"api"} | SCALE_SERVICES
+
+
+def test_scale_profile_wires_the_pool_and_the_cluster(services: dict[str, dict[str, Any]]) -> None:
+    pool = flags(services["pool-deploy"]["command"])["--pool"]
+    assert services["pool-deploy"]["command"][:2] == ["socialads", "deploy"]
+    worker = services["worker"]
+    assert f'prefect worker start --pool "{pool}"' in worker["command"][-1]
+    assert worker["depends_on"]["pool-deploy"]["condition"] == "service_completed_successfully"
+    scheduler = flags(services["dask-scheduler"]["command"])
+    address = f"tcp://dask-scheduler:{scheduler['--port']}"
+    assert worker["environment"]["SOCIALADS_DASK_ADDRESS"] == address
+    assert f'dask worker "{address}"' in services["dask-worker"]["command"][-1]
+    for name in SCALE_SERVICES:  # nothing to scale may pin a host port
+        assert "ports" not in services[name] or name == "dask-scheduler", name
+        assert services[name]["image"] == f"socialads:{__version__}", name
+    for name in ("worker", "dask-worker"):
+        compile(healthcheck_python(services[name]) or "", name, "exec")
 
 
 def test_infra_profile_is_the_servers_without_the_app() -> None:
@@ -331,7 +360,7 @@ def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
         assert services[name]["image"] == f"socialads:{__version__}", name
 
 
-@pytest.mark.parametrize("profile", ["infra", "all"])
+@pytest.mark.parametrize("profile", ["infra", "all", "scale"])
 def test_one_service_builds_the_app_image_in_each_profile(profile: str) -> None:
     """Compose builds once; the services that share the image use it (without buildx,
     several `build:` sections start the same build several times in parallel)."""
@@ -357,7 +386,7 @@ def test_app_services_receive_the_settings_they_need(
     assert services[name]["command"][0] == "socialads"
 
 
-@pytest.mark.parametrize("name", APP_SERVICES)
+@pytest.mark.parametrize("name", (*APP_SERVICES, "worker", "dask-worker"))
 def test_app_environment_names_are_settings(name: str, services: dict[str, dict[str, Any]]) -> None:
     known = all_setting_names()
     for key in services[name]["environment"]:
