@@ -58,6 +58,8 @@ def leaderboard_rows(results: list[CandidateResult], metric: str) -> list[dict[s
             **{k: round(v, 4) for k, v in r.holdout.items()},
             "params": r.best_params,
             "seconds": round(r.fit_seconds, 2),
+            "train_rows": r.rows,
+            "subsampled": r.subsampled,
         }
         for i, r in enumerate(rank(results), start=1)
     ]
@@ -99,6 +101,16 @@ def search_named(
     candidate = CANDIDATES[name]
     grid, folds = grid_size(candidate), settings.cv_folds
     plan = f"{grid} settings x {folds} folds = {grid * folds} fits"
+    limit = settings.search_max_rows
+    if candidate.superlinear and len(train) > limit:
+        plan += f" on a subsample of {limit:,} of {len(train):,} rows"
+        log.info(
+            "%s: its cost grows faster than the rows; searched and fitted on a stratified "
+            "subsample of %d of the %d training rows (SOCIALADS_SEARCH_MAX_ROWS)",
+            name,
+            limit,
+            len(train),
+        )
     with step(f"search:{name}", "search", name, plan) as note:
         result = search_candidate(
             candidate,
@@ -108,6 +120,7 @@ def search_named(
             cv_folds=folds,
             random_state=settings.random_state,
             n_jobs=settings.n_jobs,
+            max_rows=limit,
         )
         result.onnx = export(result.pipeline, test)
         metric = settings.selection_metric
@@ -116,6 +129,11 @@ def search_named(
             f"[{' '.join(f'{s:.3f}' for s in result.cv_fold_scores)}], "
             f"holdout {metric} {result.score(metric):.4f}, {result.fit_seconds:.1f} s, "
             f"{'ONNX' if result.onnx.model is not None else 'scikit-learn'} serving"
+            + (
+                f", subsample {result.rows:,} of {result.rows_available:,} rows"
+                if result.subsampled
+                else ""
+            )
         )
     if result.onnx.reason:
         log.info("%s will be served by scikit-learn: %s", name, result.onnx.reason)
