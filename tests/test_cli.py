@@ -267,7 +267,15 @@ def test_predict_without_a_champion_says_to_train(tmp_path: Path) -> None:
 
 
 def test_every_command_has_help(home: Path) -> None:
-    for command in ([], ["train"], ["predict"], ["serve"], ["deploy"], ["lake", "init"]):
+    for command in (
+        [],
+        ["train"],
+        ["predict"],
+        ["serve"],
+        ["deploy"],
+        ["lake", "init"],
+        ["data", "synth"],
+    ):
         result = run(home, *command, "--help")
         assert result.returncode == 0, command
         assert "Usage" in result.stdout

@@ -105,3 +105,29 @@ def test_a_missing_dataset_or_column_is_a_named_error(tmp_path: Path) -> None:
     pq.write_table(pa.table({"Age": [30], "Purchased": [1]}), folder / "part-0.parquet")
     with pytest.raises(DataValidationError, match="missing column"):
         read_validated(settings, locate(settings, str(folder)))
+
+
+def test_synth_and_data_prep_work_on_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same code on s3:// (moto's S3 server as a fast stand-in)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        monkeypatch.setenv("SOCIALADS_S3_ENDPOINT_URL", f"http://{host}:{port}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+        settings = settings_for(
+            tmp_path, SOCIALADS_LAKE_URL="s3://data", SOCIALADS_RAW_DATASET="synthetic/ads"
+        )
+        lake = Lake.from_settings(settings)
+        lake.ensure_root()
+        url = lake.uri("synthetic/ads")
+        target = Lake(url, settings.storage_options(url))
+        assert synthesize(target, 2500, seed=4, chunk_rows=1000).parts == 3
+        manifest, frame = data_prep(settings)
+        assert (len(frame), manifest.raw_uri) == (2500, "s3://data/synthetic/ads")
+        assert len(read_processed(lake)[0]) == 2000
+    finally:
+        server.stop()

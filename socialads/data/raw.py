@@ -128,7 +128,12 @@ def _read_parquet(settings: Settings, raw: RawDataset, batch_rows: int) -> pd.Da
             raise DataValidationError([f"{raw.uri}: {p}" for p in problems])
         clean: list[pd.DataFrame] = []
         seen = 0
-        for batch in dataset.to_batches(columns=list(REQUIRED_COLUMNS), batch_size=batch_rows):
+        for batch in dataset.to_batches(
+            columns=list(REQUIRED_COLUMNS),
+            batch_size=batch_rows,
+            batch_readahead=1,
+            fragment_readahead=1,
+        ):
             if batch.num_rows == 0:
                 continue
             frame = batch.to_pandas()
