@@ -135,8 +135,9 @@ class SynthSummary:
     def line(self) -> str:
         """One line for people."""
         share = self.purchased / self.rows if self.rows else 0.0
+        parts = f"{self.parts} Parquet part{'s' if self.parts > 1 else ''}"
         return (
-            f"wrote {self.rows:,} rows in {self.parts} Parquet part{'s' if self.parts > 1 else ''} ({self.bytes / 1e6:.1f} MB) "
+            f"wrote {self.rows:,} rows in {parts} ({self.bytes / 1e6:.1f} MB) "
             f"to {self.output} in {self.seconds:.1f} s; Purchased=1 {share:.1%}, seed {self.seed}"
         )
 
