@@ -5,7 +5,7 @@ The data-prep flow's own task functions run here without a Prefect server (``.fn
 
 from __future__ import annotations
 
-import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +48,14 @@ def test_data_prep_trains_on_a_synthetic_parquet_dataset_in_the_lake(tmp_path: P
     assert (manifest.raw_rows, manifest.train_rows, manifest.test_rows) == (5000, 4000, 1000)
     assert manifest.raw_uri == lake.uri("synthetic/ads")
     parts = sorted((tmp_path / "home/lake/synthetic/ads").iterdir())
-    listing = "".join(f"{p.name}\t{p.stat().st_size}\n" for p in parts)
-    assert manifest.raw_sha256 == hashlib.sha256(listing.encode()).hexdigest()
+    assert [p.name for p in parts] == [f"part-0000{i}.parquet" for i in range(3)]
+    assert manifest.raw_sha256 == locate(settings, manifest.raw_uri).sha256, "stable"
+    # A part rewritten with the same size (here: the same bytes) is a new fingerprint.
+    os.utime(parts[0], ns=(1, 1))
+    before = locate(settings, manifest.raw_uri).sha256
+    parts[0].write_bytes(parts[0].read_bytes())
+    os.utime(parts[0], ns=(2_000_000_000, 2_000_000_000))  # whatever the clock's resolution
+    assert locate(settings, manifest.raw_uri).sha256 != before
     assert not lake.exists(RAW_KEY), "the bundled CSV is not put in the lake when not used"
     train, test, read = read_processed(lake)
     assert (len(train), len(test), read.run_id) == (4000, 1000, manifest.run_id)

@@ -214,15 +214,20 @@ class Lake:
 
         return self._call(f"listing {pattern}", listing)
 
-    def files(self, key: str = "") -> list[tuple[str, int]]:
-        """Every file at or below ``key`` (recursively) as (key, size in bytes), sorted; the
-        key of the root itself is ``""``."""
+    def files(self, key: str = "") -> list[tuple[str, int, str]]:
+        """Every file at or below ``key`` (recursively) as (key, size in bytes, version),
+        sorted; the key of the root itself is ``""``. The version is what the store says
+        changes with a rewrite: S3's ETag, else the modification time."""
 
-        def listing() -> list[tuple[str, int]]:
+        def listing() -> list[tuple[str, int, str]]:
             found = self.fs.find(self.path(key), detail=True)
             start = len(self.root) + 1
             return sorted(
-                (str(name)[start:], int(info.get("size") or 0))
+                (
+                    str(name)[start:],
+                    int(info.get("size") or 0),
+                    str(info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""),
+                )
                 for name, info in found.items()
                 if info.get("type", "file") == "file"
             )

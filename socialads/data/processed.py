@@ -49,8 +49,8 @@ class Manifest:
 
     raw_uri: str
     raw_sha256: str
-    """Of the raw CSV's bytes; of a Parquet dataset's ``part<TAB>size`` lines
-    (:class:`socialads.data.raw.RawDataset`)."""
+    """Of the raw CSV's bytes; of a Parquet dataset's listing of parts, sizes and versions
+    (:func:`socialads.data.raw.listing`)."""
     raw_rows: int
     train_rows: int
     test_rows: int

@@ -5,8 +5,8 @@ A CSV is read whole and parsed as it always was (its bytes are hashed for lineag
 goes through ``pyarrow.dataset``: it reads the parts record batch by record batch (columns
 pruned, no text parsing, any fsspec filesystem), so only the validated, typed columns of the
 rows read so far are kept, never the whole file as text; each batch is validated by the same
-rules as the CSV. Its lineage fingerprint is cheap: the SHA-256 of the parts' names and sizes,
-not of their content.
+rules as the CSV. Its lineage fingerprint is cheap: the SHA-256 of the parts' names, sizes and
+versions (S3 ETag or modification time), not of their content.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class RawDataset:
     uri: str
     kind: Literal["csv", "parquet"]
     sha256: str
-    """SHA-256 of the CSV's bytes; for Parquet, of its parts' ``name<TAB>size`` lines."""
+    """SHA-256 of the CSV's bytes; for Parquet, of its parts' :func:`listing`."""
     size: int
     parts: tuple[str, ...] = ()
     """The Parquet files, as keys below :attr:`uri` (``""`` when it is the file itself)."""
@@ -81,20 +81,25 @@ def locate(settings: Settings, url: str) -> RawDataset:
     if url.lower().endswith(CSV_SUFFIX):
         data = source.read_bytes("")
         return RawDataset(uri=url, kind="csv", sha256=sha256(data), size=len(data), content=data)
-    parts = [(key, size) for key, size in source.files() if key.endswith(PARQUET_SUFFIX) or not key]
+    parts = [part for part in source.files() if part[0].endswith(PARQUET_SUFFIX) or not part[0]]
     if not parts:
         raise LakeError(
             f"the raw dataset {url}: no Parquet files there (name a *.csv or *.parquet file or "
             "a folder of *.parquet files)"
         )
-    listing = "".join(f"{key}\t{size}\n" for key, size in parts)
     return RawDataset(
         uri=url,
         kind="parquet",
-        sha256=hashlib.sha256(listing.encode()).hexdigest(),
-        size=sum(size for _, size in parts),
-        parts=tuple(key for key, _ in parts),
+        sha256=hashlib.sha256(listing(parts).encode()).hexdigest(),
+        size=sum(size for _, size, _ in parts),
+        parts=tuple(key for key, _, _ in parts),
     )
+
+
+def listing(parts: list[tuple[str, int, str]]) -> str:
+    """What the fingerprint of a Parquet dataset hashes: a ``key<TAB>size<TAB>version`` line
+    per part (version: S3's ETag, else the modification time; see :meth:`Lake.files`)."""
+    return "".join(f"{key}\t{size}\t{version}\n" for key, size, version in parts)
 
 
 def read_validated(
