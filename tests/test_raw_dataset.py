@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -125,7 +126,7 @@ def test_synth_and_data_prep_work_on_s3(tmp_path: Path, monkeypatch: pytest.Monk
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
         settings = settings_for(
-            tmp_path, SOCIALADS_LAKE_URL="s3://data", SOCIALADS_RAW_DATASET="synthetic/ads"
+            tmp_path, SOCIALADS_LAKE_URL="s3://synth-lake", SOCIALADS_RAW_DATASET="synthetic/ads"
         )
         lake = Lake.from_settings(settings)
         lake.ensure_root()
@@ -133,7 +134,9 @@ def test_synth_and_data_prep_work_on_s3(tmp_path: Path, monkeypatch: pytest.Monk
         target = Lake(url, settings.storage_options(url))
         assert synthesize(target, 2500, seed=4, chunk_rows=1000).parts == 3
         manifest, frame = data_prep(settings)
-        assert (len(frame), manifest.raw_uri) == (2500, "s3://data/synthetic/ads")
+        assert (len(frame), manifest.raw_uri) == (2500, "s3://synth-lake/synthetic/ads")
         assert len(read_processed(lake)[0]) == 2000
     finally:
+        # moto keeps its buckets per process: leave none to the other tests.
+        httpx.post(f"http://{host}:{port}/moto-api/reset", timeout=10)
         server.stop()
