@@ -8,10 +8,10 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import LAKE_IO, flow_settings
-from socialads.data.lake import MANIFEST_KEY, PROCESSED, RAW_KEY, Lake, sha256
+from socialads.data.lake import MANIFEST_KEY, PROCESSED, RAW_KEY, Lake
 from socialads.data.processed import Manifest, write_processed
 from socialads.data.production import ProductionLineage, training_rows
-from socialads.data.validation import load_and_validate
+from socialads.data.raw import RawDataset, locate, raw_url, read_validated
 from socialads.features.preprocessing import fit_scaler, split
 from socialads.progress import step
 
@@ -22,23 +22,25 @@ if TYPE_CHECKING:
 
 
 @task(name="ingest-raw", **LAKE_IO)
-def ingest_raw(lake: Lake) -> bytes:
-    """Put the bundled dataset in the lake if the raw file is missing, then read it."""
-    with step("read", "data-prep", "read the raw file", lake.uri(RAW_KEY)) as note:
-        if lake.ensure_raw():
+def ingest_raw(lake: Lake, settings: Settings) -> RawDataset:
+    """Locate the raw dataset (SOCIALADS_RAW_DATASET, else the lake's raw CSV, put there from
+    the bundled dataset when missing) and fingerprint it; a CSV is read here."""
+    url = raw_url(settings, lake)
+    with step("read", "data-prep", "read the raw file", url) as note:
+        if not settings.raw_dataset and lake.ensure_raw():
             get_run_logger().info(
                 "the lake had no raw file; uploaded the bundled dataset to %s", lake.uri(RAW_KEY)
             )
-        data = lake.read_bytes(RAW_KEY)
-        note.detail = f"{lake.uri(RAW_KEY)}, {len(data):,} bytes, sha256 {sha256(data)[:12]}"
-    return data
+        raw = locate(settings, url)
+        note.detail = raw.describe()
+    return raw
 
 
 @task(name="validate", cache_policy=NO_CACHE)
-def validate_raw(data: bytes) -> pd.DataFrame:
-    """Check the raw file against the schema; stops the run with the problems named."""
+def validate_raw(raw: RawDataset, settings: Settings) -> pd.DataFrame:
+    """Check the raw data against the schema; stops the run with the problems named."""
     with step("validate", "data-prep", "validate") as note:
-        frame = load_and_validate(data)
+        frame = read_validated(settings, raw)
         note.detail = f"{len(frame):,} rows"
     return frame
 
@@ -66,7 +68,7 @@ def production_rows(lake: Lake) -> tuple[pd.DataFrame, ProductionLineage]:
 @task(name="write-processed", **LAKE_IO)
 def write_outputs(
     lake: Lake,
-    raw: bytes,
+    raw: RawDataset,
     frame: pd.DataFrame,
     train: pd.DataFrame,
     test: pd.DataFrame,
@@ -78,7 +80,8 @@ def write_outputs(
     with step("publish", "data-prep", "scale and publish") as note:
         manifest = write_processed(
             lake,
-            raw_sha256=sha256(raw),
+            raw_uri=raw.uri,
+            raw_sha256=raw.sha256,
             raw_rows=len(frame),
             train=train,
             test=test,
@@ -100,8 +103,8 @@ def run_data_prep(settings: Settings) -> Manifest:
     import pandas as pd
 
     lake = Lake.from_settings(settings)
-    raw = ingest_raw(lake)
-    frame = validate_raw(raw)
+    raw = ingest_raw(lake, settings)
+    frame = validate_raw(raw, settings)
     train, test = split_data(frame, settings.test_size, settings.random_state)
     lineage = None
     if settings.train_with_production:
@@ -117,7 +120,8 @@ def run_data_prep(settings: Settings) -> Manifest:
 def data_prep_flow(
     test_size: float | None = None, random_state: int | None = None
 ) -> dict[str, Any]:
-    """Ingest the raw CSV from the lake, validate it, split it and write the results back.
+    """Ingest the raw dataset (SOCIALADS_RAW_DATASET, default the lake's raw CSV), validate
+    it, split it and write the results back.
 
     Parameters left empty take their value from the settings (SOCIALADS_TEST_SIZE, ...).
     """

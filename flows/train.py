@@ -109,7 +109,10 @@ def search_candidates(
     # this process reports them too, for the CLI's display and the flow run's log.
     steps = {
         name: Step(
-            f"search:{name}", "search", name, detail=f"{search_plan(settings, name)} on Dask"
+            f"search:{name}",
+            "search",
+            name,
+            detail=f"{search_plan(settings, name, len(train))} on Dask",
         )
         for name in settings.candidates
     }

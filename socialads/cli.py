@@ -51,8 +51,10 @@ lake_app = typer.Typer(help="The data lake (local folder or S3 bucket).", no_arg
 local_app = typer.Typer(
     help="The local Prefect server of the embedded default.", no_args_is_help=True
 )
+data_app = typer.Typer(help="Datasets to train on.", no_args_is_help=True)
 app.add_typer(lake_app, name="lake")
 app.add_typer(local_app, name="local")
+app.add_typer(data_app, name="data")
 
 
 @dataclass
@@ -461,6 +463,70 @@ def lake_init(ctx: typer.Context) -> None:
         typer.echo(f"raw data: {lake.uri(RAW_KEY)}")
 
     _run(state, body)
+
+
+# -- data ---------------------------------------------------------------------------------
+@data_app.command("synth")
+def data_synth(
+    ctx: typer.Context,
+    rows: Annotated[int, typer.Option("--rows", "-n", min=1, help="Rows to generate.")],
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Folder for the Parquet parts: a path, file:// or s3:// URL (must hold no "
+            "Parquet files yet).",
+        ),
+    ],
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same files.")] = 0,
+    chunk_rows: Annotated[
+        int, typer.Option(min=1, help="Rows per part file (and in memory at a time).")
+    ] = 100_000,
+) -> None:
+    """Generate a synthetic dataset like the bundled one (same columns, bounds and joint
+    distribution of Gender, Age, EstimatedSalary and Purchased) as partitioned Parquet.
+
+    Train on it with SOCIALADS_RAW_DATASET=<output> socialads train.
+
+    Example: socialads data synth --rows 1000000 --output /tmp/ads-1m
+    """
+    state = _state(ctx)
+
+    def body() -> Any:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        from socialads.data.lake import Lake
+        from socialads.data.synth import synthesize
+
+        settings = state.settings
+        lake = Lake(
+            output,
+            settings.storage_options(output),
+            retries=settings.io_retries,
+            endpoint=settings.s3_endpoint_url,
+        )
+        console = Console(stderr=True)
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not console.is_terminal,
+            transient=True,
+        ) as progress:
+            task = progress.add_task("generating", total=rows)
+            return synthesize(
+                lake,
+                rows,
+                seed=seed,
+                chunk_rows=chunk_rows,
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+
+    typer.echo(_run(state, body).line())
 
 
 # -- local Prefect server -------------------------------------------------------------------

@@ -141,7 +141,8 @@ def leaderboard_table(report: dict[str, Any]) -> Table:
             row["candidate"],
             f"{row[f'cv_{metric}']:.4f}",
             *(f"{row[key]:.3f}" for key in ("accuracy", "precision", "recall", "f1", "roc_auc")),
-            ", ".join(f"{k}={v}" for k, v in row["params"].items()),
+            ", ".join(f"{k}={v}" for k, v in row["params"].items())
+            + (f" (subsample of {row['train_rows']:,} rows)" if row.get("subsampled") else ""),
             style="bold" if best else None,
         )
     return table

@@ -102,6 +102,13 @@ class Settings(BaseSettings):
         description="Data-prep runs kept under the lake's processed/ (the current one "
         "included), for lineage; older ones are removed after each run.",
     )
+    raw_dataset: str | None = Field(
+        default=None,
+        validation_alias=_env("SOCIALADS_RAW_DATASET"),
+        description="The raw dataset data-prep trains on: a lake key (raw/big.parquet) or a "
+        "URL or absolute path of a CSV file, a Parquet file or a folder of Parquet files "
+        "(`socialads data synth` writes one). Default: the lake's raw/Social_Network_Ads.csv.",
+    )
     io_retries: int = Field(
         default=3,
         ge=0,
@@ -163,6 +170,14 @@ class Settings(BaseSettings):
         validation_alias=_env("SOCIALADS_DASK_ADDRESS"),
         description="Dask scheduler (e.g. tcp://scheduler:8786) the training searches its "
         "candidates on, their CV fits spread over its workers; unset: in the flow's process.",
+    )
+    search_max_rows: int = Field(
+        default=5_000,
+        ge=100,
+        validation_alias=_env("SOCIALADS_SEARCH_MAX_ROWS"),
+        description="Candidates whose cost grows faster than the rows (knn, svm_rbf) are "
+        "searched and fitted on a stratified, seeded subsample of this many training rows "
+        "when the training split is larger; the others use every row.",
     )
     train_with_production: bool = Field(
         default=True,
@@ -352,6 +367,11 @@ class Settings(BaseSettings):
             if not value:
                 raise ValueError("at least one candidate is needed")
         return value
+
+    @field_validator("raw_dataset", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("home")
     @classmethod

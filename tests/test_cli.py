@@ -267,7 +267,15 @@ def test_predict_without_a_champion_says_to_train(tmp_path: Path) -> None:
 
 
 def test_every_command_has_help(home: Path) -> None:
-    for command in ([], ["train"], ["predict"], ["serve"], ["deploy"], ["lake", "init"]):
+    for command in (
+        [],
+        ["train"],
+        ["predict"],
+        ["serve"],
+        ["deploy"],
+        ["lake", "init"],
+        ["data", "synth"],
+    ):
         result = run(home, *command, "--help")
         assert result.returncode == 0, command
         assert "Usage" in result.stdout
@@ -290,3 +298,26 @@ def test_quiet_train_prints_the_decision_only(home: Path) -> None:
     assert trained.stdout.count("\n") == 1, trained.stdout
     assert trained.stdout.startswith(("kept champion", "promoted version")), trained.stdout
     assert trained.stderr == "", trained.stderr
+
+
+def test_train_on_a_synthetic_dataset_says_which_families_were_subsampled(
+    home: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "synthetic"
+    made = run(home, "data", "synth", "--rows", "3000", "--output", str(data), "--seed", "5")
+    assert made.returncode == 0, made.stderr[-3000:]
+    settings = {
+        "SOCIALADS_RAW_DATASET": str(data),
+        "SOCIALADS_CANDIDATES": "gaussian_nb,knn",
+        "SOCIALADS_SEARCH_MAX_ROWS": "500",
+    }
+    trained = run(home, "train", "--json", **settings)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    board = {row["candidate"]: row for row in json.loads(trained.stdout)["train"]["leaderboard"]}
+    assert (board["knn"]["train_rows"], board["knn"]["subsampled"]) == (500, True)
+    assert (board["gaussian_nb"]["train_rows"], board["gaussian_nb"]["subsampled"]) == (2400, False)
+    manifest = Manifest.from_json((home / "lake" / MANIFEST_KEY).read_bytes())
+    assert (manifest.raw_uri, manifest.raw_rows) == (str(data), 3000)
+    shown = run(home, "train", **settings)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "(subsample of 500 rows)" in shown.stdout

@@ -109,12 +109,12 @@ class Lake:
         return str(path).rstrip("/")
 
     def path(self, key: str) -> str:
-        """Filesystem path of a lake key."""
-        return f"{self.root}/{key}"
+        """Filesystem path of a lake key (the root itself for ``""``)."""
+        return f"{self.root}/{key}" if key else self.root
 
     def uri(self, key: str) -> str:
         """Full URL of a lake key, for messages and lineage."""
-        return f"{self.url}/{key}"
+        return f"{self.url}/{key}" if key else self.url
 
     def where(self) -> str:
         """The lake and, for S3, its endpoint: what a person needs to find the problem."""
@@ -213,6 +213,26 @@ class Lake:
             return sorted(str(path)[start:] for path in found)
 
         return self._call(f"listing {pattern}", listing)
+
+    def files(self, key: str = "") -> list[tuple[str, int, str]]:
+        """Every file at or below ``key`` (recursively) as (key, size in bytes, version),
+        sorted; the key of the root itself is ``""``. The version is what the store says
+        changes with a rewrite: S3's ETag, else the modification time."""
+
+        def listing() -> list[tuple[str, int, str]]:
+            found = self.fs.find(self.path(key), detail=True)
+            start = len(self.root) + 1
+            return sorted(
+                (
+                    str(name)[start:],
+                    int(info.get("size") or 0),
+                    str(info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""),
+                )
+                for name, info in found.items()
+                if info.get("type", "file") == "file"
+            )
+
+        return self._call(f"listing {key or self.url}", listing)
 
     def delete_folder(self, key: str) -> None:
         """Remove ``key`` and everything below it."""

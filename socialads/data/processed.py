@@ -49,6 +49,8 @@ class Manifest:
 
     raw_uri: str
     raw_sha256: str
+    """Of the raw CSV's bytes; of a Parquet dataset's listing of parts, sizes and versions
+    (:func:`socialads.data.raw.listing`)."""
     raw_rows: int
     train_rows: int
     test_rows: int
@@ -113,6 +115,7 @@ def write_processed(
     *,
     raw_sha256: str,
     raw_rows: int,
+    raw_uri: str | None = None,
     train: pd.DataFrame,
     test: pd.DataFrame,
     scaler: Any,
@@ -122,8 +125,9 @@ def write_processed(
     production: ProductionLineage | None = None,
 ) -> Manifest:
     """Write the splits and the scaler below a new run prefix, then switch the pointer to it
-    (last), then remove all but the newest ``keep`` runs. ``production`` names the labelled
-    production rows ``train`` includes."""
+    (last), then remove all but the newest ``keep`` runs. ``raw_uri`` names the raw dataset
+    (default: the lake's raw CSV); ``production`` names the labelled production rows ``train``
+    includes."""
     import joblib
 
     run_id = new_run_id()
@@ -137,7 +141,7 @@ def write_processed(
     for key, data in outputs.items():
         lake.write_bytes(key, data)
     manifest = Manifest(
-        raw_uri=lake.uri(RAW_KEY),
+        raw_uri=raw_uri or lake.uri(RAW_KEY),
         raw_sha256=raw_sha256,
         raw_rows=raw_rows,
         train_rows=len(train),

@@ -53,7 +53,7 @@ def parse_csv(data: bytes) -> pd.DataFrame:
     return frame
 
 
-def _check_columns(columns: list[str]) -> list[str]:
+def check_columns(columns: list[str]) -> list[str]:
     problems = []
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     extra = [c for c in columns if c not in ALLOWED_COLUMNS]
@@ -114,7 +114,7 @@ def validate(frame: pd.DataFrame, *, min_rows_per_class: int = 2) -> pd.DataFram
     """
     import pandas as pd
 
-    problems = _check_columns(list(frame.columns))
+    problems = check_columns(list(frame.columns))
     if problems:
         raise DataValidationError(problems)
     if frame.empty:
@@ -128,6 +128,12 @@ def validate(frame: pd.DataFrame, *, min_rows_per_class: int = 2) -> pd.DataFram
         raise DataValidationError(problems)
 
     clean[TARGET] = clean[TARGET].astype(int)
+    check_classes(clean, min_rows_per_class)
+    return clean[[*FEATURES, TARGET]].reset_index(drop=True)
+
+
+def check_classes(clean: pd.DataFrame, min_rows_per_class: int = 2) -> None:
+    """Both classes need ``min_rows_per_class`` rows of a validated frame."""
     counts = clean[TARGET].value_counts()
     too_few = [c for c in CLASSES if counts.get(c, 0) < min_rows_per_class]
     if too_few:
@@ -137,7 +143,6 @@ def validate(frame: pd.DataFrame, *, min_rows_per_class: int = 2) -> pd.DataFram
                 f"rows (counts {counts.to_dict()}); a model needs both classes"
             ]
         )
-    return clean[[*FEATURES, TARGET]].reset_index(drop=True)
 
 
 def _gender_or_none(value: str) -> str | None:

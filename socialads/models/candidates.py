@@ -25,6 +25,10 @@ class Candidate:
     name: CandidateName
     factory: Callable[[int], BaseEstimator]
     grid: dict[str, list[Any]] = field(default_factory=dict)
+    superlinear: bool = False
+    """Its fit or prediction cost grows faster than the rows (kernel SVM: quadratic or worse;
+    KNN: every prediction searches the training rows): searched and fitted on a subsample
+    above ``Settings.search_max_rows``."""
 
     def pipeline_grid(self) -> dict[str, list[Any]]:
         """The grid with keys addressed to the Pipeline's estimator step."""
@@ -73,9 +77,17 @@ CANDIDATES: dict[CandidateName, Candidate] = {
         Candidate("logistic_regression", _logistic_regression, {"C": [0.01, 0.1, 1.0, 10.0]}),
         Candidate("gaussian_nb", _gaussian_nb, {"var_smoothing": [1e-9, 1e-6, 1e-3]}),
         Candidate(
-            "knn", _knn, {"n_neighbors": [3, 5, 7, 11, 15], "weights": ["uniform", "distance"]}
+            "knn",
+            _knn,
+            {"n_neighbors": [3, 5, 7, 11, 15], "weights": ["uniform", "distance"]},
+            superlinear=True,
         ),
-        Candidate("svm_rbf", _svm_rbf, {"C": [0.5, 1.0, 5.0, 10.0], "gamma": ["scale", 0.1, 1.0]}),
+        Candidate(
+            "svm_rbf",
+            _svm_rbf,
+            {"C": [0.5, 1.0, 5.0, 10.0], "gamma": ["scale", 0.1, 1.0]},
+            superlinear=True,
+        ),
         Candidate(
             "random_forest",
             _random_forest,

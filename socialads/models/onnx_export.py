@@ -193,12 +193,23 @@ def served_classes(proba: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
     return (proba[:, 1] > proba[:, 0]).astype(np.int64)
 
 
+CHECK_BATCH = 4096
+"""Records per ONNX Runtime call of the check: a KNN graph materialises a records × training
+rows distance matrix, so one call over a large holdout would take gigabytes."""
+
+
 def check(pipeline: Pipeline, model: bytes, records: pd.DataFrame) -> OnnxCheck:
     """Compare the graph with ``pipeline.predict_proba`` on ``records`` (validated rows)."""
     expected = np.asarray(pipeline.predict_proba(records[list(FEATURES)]), dtype=np.float64)
-    got = probabilities(
-        session(model), feeds(records[GENDER].to_numpy(), records[AGE], records[SALARY])
-    )
+    graph = session(model)
+    batches = [
+        probabilities(graph, feeds(part[GENDER].to_numpy(), part[AGE], part[SALARY]))
+        for part in (
+            records.iloc[start : start + CHECK_BATCH]
+            for start in range(0, len(records), CHECK_BATCH)
+        )
+    ]
+    got = np.concatenate(batches) if batches else np.empty((0, 2))
     return OnnxCheck(
         records=len(records),
         max_abs_diff=float(np.max(np.abs(got[:, 1] - expected[:, 1]))),

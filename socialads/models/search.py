@@ -7,6 +7,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from socialads.data.schema import TARGET
 from socialads.features.preprocessing import MODEL_STEP, build_pipeline, features_and_target
 
 if TYPE_CHECKING:
@@ -33,6 +34,15 @@ class CandidateResult:
     """The best parameters' score on each CV fold."""
     onnx: OnnxExport | None = None
     """The Pipeline's checked ONNX graph (or why there is none); set by training."""
+    rows: int = 0
+    """Training rows the search and the final fit used."""
+    rows_available: int = 0
+    """Rows of the training split (more than :attr:`rows` when subsampled)."""
+
+    @property
+    def subsampled(self) -> bool:
+        """True when the search ran on a subsample of the training split."""
+        return self.rows < self.rows_available
 
     def score(self, metric: str) -> float:
         """Holdout value of ``metric``."""
@@ -73,14 +83,20 @@ def search_candidate(
     cv_folds: int,
     random_state: int,
     n_jobs: int = 1,
+    max_rows: int | None = None,
 ) -> CandidateResult:
     """Grid-search ``candidate`` with stratified k-fold CV on ``train``; evaluate on ``test``.
 
-    The returned Pipeline is refitted on the whole training split.
+    The returned Pipeline is refitted on the whole training split, or, for a
+    :attr:`~Candidate.superlinear` family and a split larger than ``max_rows``, on the
+    stratified subsample the search used.
     """
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
     started = time.perf_counter()
+    available = len(train)
+    if candidate.superlinear and max_rows is not None:
+        train = subsample(train, max_rows, random_state)
     x_train, y_train = features_and_target(train)
     search = GridSearchCV(
         build_pipeline(candidate.factory(random_state)),
@@ -114,7 +130,22 @@ def search_candidate(
         cv_fold_scores=[
             float(search.cv_results_[f"split{fold}_test_score"][index]) for fold in range(cv_folds)
         ],
+        rows=len(train),
+        rows_available=available,
     )
+
+
+def subsample(train: pd.DataFrame, max_rows: int, random_state: int) -> pd.DataFrame:
+    """A stratified (on the target), seeded subsample of ``max_rows`` rows; ``train`` itself
+    when it is not larger."""
+    from sklearn.model_selection import train_test_split
+
+    if len(train) <= max_rows:
+        return train
+    picked, _ = train_test_split(
+        train, train_size=max_rows, random_state=random_state, stratify=train[TARGET]
+    )
+    return picked.reset_index(drop=True)
 
 
 def grid_size(candidate: Candidate) -> int:

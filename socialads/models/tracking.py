@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
+SUBSAMPLE_TAG = "socialads.subsample"
+"""Tag of a candidate run searched on a subsample: how many of how many training rows."""
 # Packages a process needs to load the model artifact (skops format); listing them spares
 # MLflow ~11 s of requirement inference per logged model.
 MODEL_REQUIREMENTS = ("scikit-learn", "skops", "numpy", "pandas", "scipy")
@@ -213,7 +215,14 @@ def log_candidate(
         params = {
             **{f"param.{k}": v for k, v in result.best_params.items()},
             "candidate": result.name,
+            "search_rows": result.rows,
         }
+        if result.subsampled:
+            client.set_tag(
+                run_id,
+                SUBSAMPLE_TAG,
+                f"{result.rows} of {result.rows_available} training rows (search_max_rows)",
+            )
         metrics = {f"holdout_{k}": v for k, v in result.holdout.items()}
         metrics |= {
             f"cv_{metric}": result.cv_score,
@@ -265,6 +274,7 @@ def start_parent_run(
         "selection_metric": settings.selection_metric,
         "cv_folds": settings.cv_folds,
         "candidates": ",".join(settings.candidates),
+        "search_max_rows": settings.search_max_rows,
     }
     log_batch(client, run.info.run_id, params, {})
     return str(run.info.run_id)

@@ -59,6 +59,8 @@ def leaderboard_rows(results: list[CandidateResult], metric: str) -> list[dict[s
             **{k: round(v, 4) for k, v in r.holdout.items()},
             "params": r.best_params,
             "seconds": round(r.fit_seconds, 2),
+            "train_rows": r.rows,
+            "subsampled": r.subsampled,
         }
         for i, r in enumerate(rank(results), start=1)
     ]
@@ -98,17 +100,26 @@ def search_named(
     from socialads.models.onnx_export import export
 
     candidate = CANDIDATES[name]
-    folds = settings.cv_folds
-    with step(f"search:{name}", "search", name, search_plan(settings, name)) as note:
+    limit = settings.search_max_rows
+    if candidate.superlinear and len(train) > limit:
+        log.info(
+            "%s: its cost grows faster than the rows; searched and fitted on a stratified "
+            "subsample of %d of the %d training rows (SOCIALADS_SEARCH_MAX_ROWS)",
+            name,
+            limit,
+            len(train),
+        )
+    with step(f"search:{name}", "search", name, search_plan(settings, name, len(train))) as note:
         with fits_on_cluster(settings.dask_address):
             result = search_candidate(
                 candidate,
                 train,
                 test,
                 metric=settings.selection_metric,
-                cv_folds=folds,
+                cv_folds=settings.cv_folds,
                 random_state=settings.random_state,
                 n_jobs=settings.n_jobs,
+                max_rows=limit,
             )
         result.onnx = export(result.pipeline, test)
         note.detail = search_outcome(result, settings.selection_metric)
@@ -117,10 +128,15 @@ def search_named(
     return result
 
 
-def search_plan(settings: Settings, name: CandidateName) -> str:
-    """What the search of ``name`` will do, e.g. ``4 settings x 5 folds = 20 fits``."""
-    grid, folds = grid_size(CANDIDATES[name]), settings.cv_folds
-    return f"{grid} settings x {folds} folds = {grid * folds} fits"
+def search_plan(settings: Settings, name: CandidateName, rows: int) -> str:
+    """What the search of ``name`` on ``rows`` training rows will do, e.g. ``4 settings x 5
+    folds = 20 fits`` (and the subsample, for a family capped by SOCIALADS_SEARCH_MAX_ROWS)."""
+    candidate = CANDIDATES[name]
+    grid, folds = grid_size(candidate), settings.cv_folds
+    plan = f"{grid} settings x {folds} folds = {grid * folds} fits"
+    if candidate.superlinear and rows > settings.search_max_rows:
+        plan += f" on a subsample of {settings.search_max_rows:,} of {rows:,} rows"
+    return plan
 
 
 def search_outcome(result: CandidateResult, metric: str) -> str:
@@ -131,6 +147,11 @@ def search_outcome(result: CandidateResult, metric: str) -> str:
         f"[{' '.join(f'{s:.3f}' for s in result.cv_fold_scores)}], "
         f"holdout {metric} {result.score(metric):.4f}, {result.fit_seconds:.1f} s, "
         f"{engine} serving"
+        + (
+            f", subsample {result.rows:,} of {result.rows_available:,} rows"
+            if result.subsampled
+            else ""
+        )
     )
 
 
