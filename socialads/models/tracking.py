@@ -71,7 +71,7 @@ def git_commit() -> str | None:
 
 
 def preload(settings: Settings) -> threading.Thread:
-    """Import MLflow, skops and matplotlib and open the tracking store in a background thread.
+    """Import MLflow and matplotlib and open the tracking store in a background thread.
 
     Those imports cost ~10 s on a small machine; the CV search that runs meanwhile spends most
     of its time in scikit-learn code that releases the GIL, so the two overlap. Failures here
@@ -79,6 +79,12 @@ def preload(settings: Settings) -> threading.Thread:
     Started by the edges (the CLI's train, the train flow's entry for deployment runs) and
     kept nowhere; a second call in the same process finds the modules imported and costs one
     query of the store.
+
+    Not skops (which MLflow saves scikit-learn models with): importing it walks every
+    scikit-learn module, which imports ``dask.array`` when Dask is installed, and a search
+    running meanwhile in the main thread fails in scipy's and scikit-learn's array-API checks
+    on the half-imported module (seen: "partially initialized module 'dask.array' has no
+    attribute 'Array'"). It is imported when the model is logged, after the searches.
     """
 
     def work() -> None:
@@ -88,7 +94,6 @@ def preload(settings: Settings) -> threading.Thread:
             matplotlib.use("Agg")
             import matplotlib.pyplot
             import mlflow.sklearn  # noqa: F401
-            import skops.io  # noqa: F401
 
             connect(settings).get_experiment_by_name(settings.experiment_name)
         except Exception as exc:  # an optimisation only; the foreground path reports errors
