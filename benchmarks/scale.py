@@ -1,7 +1,8 @@
 """How `socialads train` grows with the data: wall time and peak RSS at 10 k, 100 k and 1 M
 synthetic rows (`socialads data synth`), one row per size and mode, and the slope per 10×.
 
-    python benchmarks/scale.py [--rows 10000,100000,1000000] [--modes 'local,dask local'] [--candidates ...]
+    python benchmarks/scale.py [--rows 10000,100000,1000000] [--modes 'local,dask local']
+                               [--candidates ...]
 
 Each run is the real command line in a subprocess, in a temporary SOCIALADS_HOME (embedded
 default), training on a synthetic Parquet dataset through SOCIALADS_RAW_DATASET. A warm-up
