@@ -494,29 +494,13 @@ def data_synth(
     state = _state(ctx)
 
     def body() -> Any:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
+        from socialads.console import row_progress
         from socialads.data.lake import Lake
         from socialads.data.synth import synthesize
 
         settings = state.settings
-        lake = Lake(
-            output,
-            settings.storage_options(output),
-            retries=settings.io_retries,
-            endpoint=settings.s3_endpoint_url,
-        )
-        console = Console(stderr=True)
-        with Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            disable=not console.is_terminal,
-            transient=True,
-        ) as progress:
+        lake = Lake.from_settings(settings, output)
+        with row_progress() as progress:
             task = progress.add_task("generating", total=rows)
             return synthesize(
                 lake,
@@ -593,21 +577,10 @@ def score(
         _fail("give --alias or --model-version, not both", 2)
 
     def body() -> dict[str, Any]:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
+        from socialads.console import row_progress
         from socialads.serving.scoring import score
 
-        console = Console(stderr=True)
-        with Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            disable=as_json or not console.is_terminal,
-            transient=True,
-        ) as progress:
+        with row_progress(hidden=as_json) as progress:
             task = progress.add_task("scoring", total=None)
             summary = score(
                 state.settings,

@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from socialads.progress import LOGGER, Step
@@ -146,6 +154,21 @@ def leaderboard_table(report: dict[str, Any]) -> Table:
             style="bold" if best else None,
         )
     return table
+
+
+def row_progress(hidden: bool = False) -> Progress:
+    """A bar of rows done (of a total, once known) on stderr; drawn only on a terminal and
+    unless ``hidden``, gone when it ends."""
+    console = Console(stderr=True)
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=hidden or not console.is_terminal,
+        transient=True,
+    )
 
 
 def stderr_console() -> Console:

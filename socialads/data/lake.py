@@ -78,11 +78,13 @@ class Lake:
         self.endpoint = endpoint
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Lake:
-        """The lake the settings point at."""
+    def from_settings(cls, settings: Settings, url: str | None = None) -> Lake:
+        """The lake the settings point at, or the folder or bucket at ``url`` with the
+        settings' credentials and retries."""
+        target = url or settings.lake
         return cls(
-            settings.lake,
-            settings.storage_options(),
+            target,
+            settings.storage_options(target),
             retries=settings.io_retries,
             endpoint=settings.s3_endpoint_url,
         )
@@ -271,12 +273,7 @@ def init_lake(lake: Lake, settings: Settings) -> list[str]:
     raw CSV in place when absent. Idempotent; returns what it did, one line per step."""
     done = [f"{'created' if lake.ensure_root() else 'found'} {lake.url}"]
     if not lake.is_local:
-        artifacts = Lake(
-            f"s3://{settings.artifacts_bucket}",
-            settings.storage_options(f"s3://{settings.artifacts_bucket}"),
-            retries=settings.io_retries,
-            endpoint=settings.s3_endpoint_url,
-        )
+        artifacts = Lake.from_settings(settings, f"s3://{settings.artifacts_bucket}")
         done.append(f"{'created' if artifacts.ensure_root() else 'found'} {artifacts.url}")
     uploaded = lake.ensure_raw()
     done.append(

@@ -65,19 +65,10 @@ def raw_url(settings: Settings, lake: Lake) -> str:
     return lake.uri(named.strip("/"))
 
 
-def _lake_at(settings: Settings, url: str) -> Lake:
-    return Lake(
-        url,
-        settings.storage_options(url),
-        retries=settings.io_retries,
-        endpoint=settings.s3_endpoint_url,
-    )
-
-
 def locate(settings: Settings, url: str) -> RawDataset:
     """Find the dataset at ``url`` and fingerprint it (a CSV is read here, Parquet is only
     listed)."""
-    source = _lake_at(settings, url)
+    source = Lake.from_settings(settings, url)
     if url.lower().endswith(CSV_SUFFIX):
         data = source.read_bytes("")
         return RawDataset(uri=url, kind="csv", sha256=sha256(data), size=len(data), content=data)
@@ -123,7 +114,7 @@ def _read_parquet(settings: Settings, raw: RawDataset, batch_rows: int) -> pd.Da
 
     from socialads.data.validation import check_classes, check_columns, validate
 
-    source = _lake_at(settings, raw.uri)
+    source = Lake.from_settings(settings, raw.uri)
     try:
         dataset = ds.dataset(
             [source.path(key) for key in raw.parts], format="parquet", filesystem=source.fs
