@@ -130,30 +130,19 @@ def test_without_a_manifest_there_is_no_processed_data(tmp_path: Path) -> None:
         read_processed(lake)
 
 
+@pytest.mark.usefixtures("moto_s3")
 def test_same_code_reads_and_writes_s3(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The s3:// path through s3fs, against moto's S3 server (fast stand-in; the real
-    S3-compatible server runs in the integration tests)."""
-    from moto.server import ThreadedMotoServer
+    """The s3:// path through s3fs."""
+    from socialads.settings import Settings
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        from socialads.settings import Settings
-
-        monkeypatch.setenv("SOCIALADS_S3_ENDPOINT_URL", f"http://{host}:{port}")
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-        monkeypatch.setenv("SOCIALADS_LAKE_URL", "s3://data")
-        lake = Lake.from_settings(Settings())
-        with pytest.raises(LakeError, match="s3://data"):
-            lake.read_bytes(RAW_KEY)
-        assert lake.ensure_root() is True
-        assert lake.ensure_raw() is True
-        assert lake.ensure_raw() is False
-        assert sha256(lake.read_bytes(RAW_KEY)) == sha256(bundled_dataset())
-        runs = [_prepare(lake, random_state=seed, keep=1).run_id for seed in (1, 2)]
-        assert lake.folders(PROCESSED) == runs[-1:]
-        assert read_processed(lake)[2].run_id == runs[-1]
-    finally:
-        server.stop()
+    monkeypatch.setenv("SOCIALADS_LAKE_URL", "s3://data")
+    lake = Lake.from_settings(Settings())
+    with pytest.raises(LakeError, match="s3://data"):
+        lake.read_bytes(RAW_KEY)
+    assert lake.ensure_root() is True
+    assert lake.ensure_raw() is True
+    assert lake.ensure_raw() is False
+    assert sha256(lake.read_bytes(RAW_KEY)) == sha256(bundled_dataset())
+    runs = [_prepare(lake, random_state=seed, keep=1).run_id for seed in (1, 2)]
+    assert lake.folders(PROCESSED) == runs[-1:]
+    assert read_processed(lake)[2].run_id == runs[-1]

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -114,29 +113,16 @@ def test_a_missing_dataset_or_column_is_a_named_error(tmp_path: Path) -> None:
         read_validated(settings, locate(settings, str(folder)))
 
 
-def test_synth_and_data_prep_work_on_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same code on s3:// (moto's S3 server as a fast stand-in)."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        monkeypatch.setenv("SOCIALADS_S3_ENDPOINT_URL", f"http://{host}:{port}")
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-        settings = settings_for(
-            tmp_path, SOCIALADS_LAKE_URL="s3://synth-lake", SOCIALADS_RAW_DATASET="synthetic/ads"
-        )
-        lake = Lake.from_settings(settings)
-        lake.ensure_root()
-        url = lake.uri("synthetic/ads")
-        target = Lake(url, settings.storage_options(url))
-        assert synthesize(target, 2500, seed=4, chunk_rows=1000).parts == 3
-        manifest, frame = data_prep(settings)
-        assert (len(frame), manifest.raw_uri) == (2500, "s3://synth-lake/synthetic/ads")
-        assert len(read_processed(lake)[0]) == 2000
-    finally:
-        # moto keeps its buckets per process: leave none to the other tests.
-        httpx.post(f"http://{host}:{port}/moto-api/reset", timeout=10)
-        server.stop()
+@pytest.mark.usefixtures("moto_s3")
+def test_synth_and_data_prep_work_on_s3(tmp_path: Path) -> None:
+    """The same code on s3://."""
+    settings = settings_for(
+        tmp_path, SOCIALADS_LAKE_URL="s3://synth-lake", SOCIALADS_RAW_DATASET="synthetic/ads"
+    )
+    lake = Lake.from_settings(settings)
+    lake.ensure_root()
+    target = Lake.from_settings(settings, lake.uri("synthetic/ads"))
+    assert synthesize(target, 2500, seed=4, chunk_rows=1000).parts == 3
+    manifest, frame = data_prep(settings)
+    assert (len(frame), manifest.raw_uri) == (2500, "s3://synth-lake/synthetic/ads")
+    assert len(read_processed(lake)[0]) == 2000
