@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -16,13 +16,12 @@ from flows.common import LAKE_IO, flow_settings
 from socialads.data.lake import Lake
 from socialads.data.processed import read_processed
 from socialads.models.cluster import CONNECT_TIMEOUT, check_scheduler
-from socialads.models.tracking import preload
+from socialads.models.recording import Recorder
 from socialads.models.training import (
     leaderboard_markdown,
     search_named,
     search_outcome,
     search_plan,
-    track_and_register,
 )
 from socialads.progress import Step, emit
 from socialads.serving.oneoff import refresh_cache
@@ -55,20 +54,16 @@ def search(
 
 @task(name="track-register-gate", cache_policy=NO_CACHE)
 def register(
-    settings: Settings,
-    results: list[CandidateResult],
-    train: pd.DataFrame,
-    test: pd.DataFrame,
-    manifest: Manifest,
+    recorder: Recorder, results: list[CandidateResult], train: pd.DataFrame
 ) -> TrainingReport:
-    """Log runs to MLflow, register the best Pipeline and move aliases by the gate."""
-    report = track_and_register(settings, results, train, test, manifest, registry_lock)
+    """Log the best Pipeline to MLflow, register it and move aliases by the gate."""
+    report = recorder.finish(results, train, registry_lock)
     logger = get_run_logger()
     best = next(r for r in results if r.name == report.best)
     known = {report.decision.version: best.onnx.model} if best.onnx and best.onnx.model else {}
     try:
         # `socialads predict` then answers from the cache on its first call.
-        refresh_cache(settings, known)
+        recorder.call(refresh_cache, known)
     except Exception as exc:  # an optimisation: predict asks the registry itself otherwise
         logger.warning("could not cache the champion for `socialads predict`: %s", exc)
     return report
@@ -93,13 +88,20 @@ def registry_lock() -> Iterator[None]:
 
 
 def search_candidates(
-    settings: Settings, train: pd.DataFrame, test: pd.DataFrame
+    settings: Settings,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    finished: Callable[[CandidateResult], None],
 ) -> list[CandidateResult]:
-    """Search every candidate: one after the other in this process, or with
-    SOCIALADS_DASK_ADDRESS as tasks on that Dask cluster (each one's CV fits spread over
-    its workers too, see :mod:`socialads.models.cluster`)."""
+    """Search every candidate, calling ``finished`` with each result as it comes: one after
+    the other in this process, or with SOCIALADS_DASK_ADDRESS as tasks on that Dask cluster
+    (each one's CV fits spread over its workers too, see :mod:`socialads.models.cluster`)."""
+    results = []
     if settings.dask_address is None:
-        return [search(name, train, test, settings) for name in settings.candidates]
+        for name in settings.candidates:
+            results.append(search(name, train, test, settings))
+            finished(results[-1])
+        return results
     from prefect_dask.task_runners import DaskTaskRunner
 
     runner = DaskTaskRunner(
@@ -121,7 +123,6 @@ def search_candidates(
     shipped = settings.model_copy(
         update={name: None for name, value in settings if isinstance(value, SecretStr)}
     )
-    results = []
     with runner:
         futures = {
             name: runner.submit(
@@ -141,6 +142,7 @@ def search_candidates(
             outcome = search_outcome(result, settings.selection_metric)
             emit(replace(steps[name], status="finished", detail=outcome))
             results.append(result)
+            finished(result)
     return results
 
 
@@ -154,9 +156,13 @@ def run_training(settings: Settings) -> TrainingReport:
             cluster.workers,
             cluster.threads,
         )
-    train, test, manifest = load_processed(Lake.from_settings(settings))
-    results = search_candidates(settings, train, test)
-    report = register(settings, results, train, test, manifest)
+    # MLflow's record is written by a helper process, each candidate's while the next one
+    # is searched (see socialads.models.recording).
+    with Recorder(settings) as recorder:
+        train, test, manifest = load_processed(Lake.from_settings(settings))
+        recorder.begin(manifest, test)
+        results = search_candidates(settings, train, test, recorder.candidate)
+        report = register(recorder, results, train)
     create_markdown_artifact(
         leaderboard_markdown(report),
         key="leaderboard",
@@ -183,5 +189,4 @@ def train_flow(
         cv_folds=cv_folds,
         dask_address=dask_address,
     )
-    preload(settings)  # MLflow's imports overlap with the search
     return run_training(settings).as_dict()

@@ -274,7 +274,6 @@ def _pipeline(
         _say(f"Prefect API: {api}")
     from flows.pipeline import pipeline_flow
     from flows.runtime import attended_run
-    from socialads.models.tracking import preload
 
     parameters = dict(parameters or {})
     with ExitStack() as stack:
@@ -294,7 +293,6 @@ def _pipeline(
                 terminal.print(f"Dask cluster: {address} (temporary, 2 workers)", style="dim")
         if live:
             stack.enter_context(StepDisplay(terminal, len(settings.candidates)))
-        preload(settings)  # MLflow's imports overlap with data-prep and the search
         result: dict[str, Any] = pipeline_flow(**parameters)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result

@@ -5,8 +5,6 @@ tests/integration/test_dask.py)."""
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -116,28 +114,3 @@ def test_cv_fits_on_a_cluster_give_the_local_result(tmp_path: Path, raw_bytes: b
     assert remote[0] == pytest.approx(local[0], abs=1e-9)
     assert remote[1] == pytest.approx(local[1], abs=1e-9)
     assert remote[2] == pytest.approx(local[2], abs=1e-9)
-
-
-def test_the_background_preload_leaves_dask_alone(tmp_path: Path) -> None:
-    """Installing Dask must not make a local training racy: the preload thread (imports
-    overlapping the search) must not import dask.array, which scipy's and scikit-learn's
-    array checks in the searching thread then see half-initialised (a failed CI run)."""
-    code = (
-        "import sys\n"
-        "from socialads.settings import Settings\n"
-        "from socialads.models.tracking import preload\n"
-        f"preload(Settings(home={str(tmp_path)!r})).join()\n"
-        "import mlflow.sklearn\n"
-        "print(sorted(m for m in ('dask', 'dask.array') if m in sys.modules))\n"
-    )
-    ran = subprocess.run(
-        [sys.executable, "-c", code],
-        env=environ_without_tools(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.strip() == "[]", ran.stdout

@@ -117,7 +117,6 @@ def test_tracking_leaves_no_process_wide_state(tmp_path: Path) -> None:
     import mlflow
 
     from socialads.data.lake import Lake, bundled_dataset
-    from socialads.models.tracking import preload
     from socialads.models.training import search_named, track_and_register
     from socialads.settings import Settings
 
@@ -131,7 +130,6 @@ def test_tracking_leaves_no_process_wide_state(tmp_path: Path) -> None:
     train, test, manifest = publish_processed(
         Lake.from_settings(settings), bundled_dataset(), settings
     )
-    preload(settings).join()
     results = [search_named(settings, "gaussian_nb", train, test)]
     report = track_and_register(settings, results, train, test, manifest)
 

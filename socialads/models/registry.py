@@ -195,14 +195,22 @@ def register_and_gate(
     lock: Callable[[], AbstractContextManager[object]] = nullcontext,
     version_tags: dict[str, str] | None = None,
 ) -> Decision:
-    """Register ``model`` as a new version and move the aliases by the gate.
+    """Register ``model`` as a new version and move the aliases by the gate
+    (:func:`register_tagged`, then :func:`gate_version` under ``lock``, which serialises gates
+    across processes: the flows pass a Prefect global concurrency limit)."""
+    version = register_tagged(client, settings, model, run_id, version_tags)
+    with lock():
+        return gate_version(client, settings, version, run_id, score, test)
 
-    ``version_tags`` are set on the new version first. The current champion is
-    re-scored on the same holdout ``test`` so both sides are
-    compared on equal terms. ``lock`` serialises gates across processes (the flows pass a
-    Prefect global concurrency limit); in any case the champion is read again just before
-    the alias moves and the gate runs again if another training moved it meanwhile.
-    """
+
+def register_tagged(
+    client: MlflowClient,
+    settings: Settings,
+    model: LoggedModel,
+    run_id: str,
+    version_tags: dict[str, str] | None = None,
+) -> str:
+    """Register ``model`` as a new version with ``version_tags`` set on it; its number."""
     try:
         version = register_version(client, settings, model, run_id)
     except Exception as exc:
@@ -216,9 +224,22 @@ def register_and_gate(
         raise RegistryError(
             f"tagging version {version} in {settings.mlflow_uri} failed: {exc}"
         ) from exc
+    return version
 
-    with lock():
-        decision = _gate_and_move(client, settings, version, run_id, score, test)
+
+def gate_version(
+    client: MlflowClient,
+    settings: Settings,
+    version: str,
+    run_id: str,
+    score: float,
+    test: pd.DataFrame,
+) -> Decision:
+    """The promotion gate for registered ``version``: the current champion is re-scored on
+    the same holdout ``test`` so both sides are compared on equal terms, read again just
+    before the alias moves, and the gate runs again if another training moved it meanwhile.
+    Run it under the registry's lock (see :func:`register_and_gate`)."""
+    decision = _gate_and_move(client, settings, version, run_id, score, test)
     log.info("%s", decision.headline())
     return decision
 

@@ -6,7 +6,6 @@ import contextlib
 import io
 import logging
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -68,40 +67,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
-
-
-def preload(settings: Settings) -> threading.Thread:
-    """Import MLflow and matplotlib and open the tracking store in a background thread.
-
-    Those imports cost ~10 s on a small machine; the CV search that runs meanwhile spends most
-    of its time in scikit-learn code that releases the GIL, so the two overlap. Failures here
-    are only logged: the same calls run again, in the foreground, when they are needed.
-    Started by the edges (the CLI's train, the train flow's entry for deployment runs) and
-    kept nowhere; a second call in the same process finds the modules imported and costs one
-    query of the store.
-
-    Not skops (which MLflow saves scikit-learn models with): importing it walks every
-    scikit-learn module, which imports ``dask.array`` when Dask is installed, and a search
-    running meanwhile in the main thread fails in scipy's and scikit-learn's array-API checks
-    on the half-imported module (seen: "partially initialized module 'dask.array' has no
-    attribute 'Array'"). It is imported when the model is logged, after the searches.
-    """
-
-    def work() -> None:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot
-            import mlflow.sklearn  # noqa: F401
-
-            connect(settings).get_experiment_by_name(settings.experiment_name)
-        except Exception as exc:  # an optimisation only; the foreground path reports errors
-            log.debug("background preload failed: %s", exc)
-
-    thread = threading.Thread(target=work, name="socialads-preload", daemon=True)
-    thread.start()
-    return thread
 
 
 def http_environment(settings: Settings) -> dict[str, str]:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from socialads.errors import RegistryError, SocialAdsError
 from socialads.models.candidates import CANDIDATES
 from socialads.models.cluster import fits_on_cluster
 from socialads.models.search import CandidateResult, grid_size, rank, search_candidate
@@ -170,80 +167,17 @@ def track_and_register(
     lineage: Manifest,
     gate_lock: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> TrainingReport:
-    """Record the training in MLflow, register the best Pipeline and apply the gate
-    (under ``gate_lock``, which serialises promotions across processes).
+    """Record the finished training in MLflow, register the best Pipeline and apply the gate
+    (under ``gate_lock``, which serialises promotions across processes), in this process.
 
-    Failures of the tracking server surface as :class:`RegistryError` naming it.
+    The train flow records while it searches, from a helper process
+    (:class:`~socialads.models.recording.Recorder`); the steps are the same. Failures of the
+    tracking server surface as :class:`RegistryError` naming it.
     """
-    try:
-        return _track_and_register(settings, results, train, test, lineage, gate_lock)
-    except SocialAdsError:
-        raise
-    except Exception as exc:
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RegistryError(
-            f"MLflow at {settings.mlflow_uri} failed: {detail}{_hint(detail)}"
-        ) from exc
+    from socialads.models.recording import Recorder
 
-
-def _hint(detail: str) -> str:
-    """What to look at when the server itself reported the failure."""
-    # A server proxying artifacts answers 5xx when *its* artifact store (S3) fails.
-    if "/mlflow-artifacts/" in detail and re.search(r"\b5\d\d error responses", detail):
-        return "; the server could not store the artifacts: check its artifact store and its log"
-    return ""
-
-
-def _track_and_register(
-    settings: Settings,
-    results: list[CandidateResult],
-    train: pd.DataFrame,
-    test: pd.DataFrame,
-    lineage: Manifest,
-    gate_lock: Callable[[], AbstractContextManager[object]],
-) -> TrainingReport:
-    from socialads.models import registry, tracking
-
-    metric = settings.selection_metric
-    ranked = rank(results)
-    best = ranked[0]
-    client = tracking.connect(settings)
-    experiment_id = tracking.ensure_experiment(client, settings)
-    parent = tracking.start_parent_run(client, experiment_id, lineage, settings)
-    try:
-        with step("track", "register", "MLflow runs and model", settings.mlflow_uri) as note:
-            for result in ranked:
-                tracking.log_candidate(client, experiment_id, parent, result, test, lineage, metric)
-            summary = {f"best_holdout_{k}": v for k, v in best.holdout.items()}
-            summary[f"best_cv_{metric}"] = best.cv_score
-            if best.onnx is not None:
-                summary |= best.onnx.metrics()
-            tracking.log_batch(client, parent, {"best_candidate": best.name}, summary)
-            model = tracking.log_best_model(settings, parent, best, train, metric)
-            note.detail = f"run {parent}, {len(ranked)} candidate runs, {best.name} logged"
-        reason = best.onnx.reason if best.onnx is not None else "not converted to ONNX"
-        with step("gate", "register", "registry and promotion gate") as note:
-            decision = registry.register_and_gate(
-                client,
-                settings,
-                model,
-                parent,
-                best.score(metric),
-                test,
-                gate_lock,
-                version_tags={registry.TAG_ONNX_REASON: reason} if reason else None,
-            )
-            note.detail = decision.headline()
-    except BaseException:
-        with contextlib.suppress(Exception):  # the server may be the thing that failed
-            tracking.finish_run(client, parent, failed=True)
-        raise
-    tracking.finish_run(client, parent)
-    return TrainingReport(
-        metric=metric,
-        leaderboard=leaderboard_rows(results, metric),
-        best=best.name,
-        decision=decision,
-        run_id=parent,
-        model_uri=model.uri,
-    )
+    with Recorder(settings, in_process=True) as recorder:
+        recorder.begin(lineage, test)
+        for result in rank(results):
+            recorder.candidate(result)
+        return recorder.finish(results, train, gate_lock)
