@@ -213,3 +213,25 @@ def test_a_script_without_the_main_guard_records_in_its_own_process(tmp_path: Pa
     headline, imported = ran.stdout.strip().splitlines()[-2:]
     assert headline.startswith("promoted version 1 to champion")
     assert "mlflow" in imported  # recorded here after all
+
+
+def test_a_tracking_store_failure_names_the_store_with_the_helpers_traceback(
+    searched: dict[str, Any], tmp_path: Path
+) -> None:
+    from socialads.errors import RegistryError
+    from socialads.models.recording import HelperError, Recorder
+    from socialads.settings import Settings
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the store's folder should be")
+    uri = f"sqlite:///{blocked}/mlflow.db"
+    settings = Settings(SOCIALADS_HOME=tmp_path, MLFLOW_TRACKING_URI=uri)
+
+    with pytest.raises(RegistryError) as caught, Recorder(settings) as recorder:
+        recorder.begin(searched["manifest"], searched["test"])
+        recorder.finish(searched["results"], searched["train"])
+
+    assert str(caught.value).startswith(f"MLflow at {uri} failed: ")
+    cause = caught.value.__cause__
+    assert isinstance(cause, HelperError)
+    assert "Traceback (most recent call last)" in str(cause)

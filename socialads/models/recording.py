@@ -218,6 +218,8 @@ class Recorder:
             logging.getLogger(record.name).handle(record)
         outcome.records.clear()
         if outcome.error is not None:
+            if outcome.trace is not None:
+                raise outcome.error from HelperError(outcome.trace)
             raise outcome.error
         return outcome.value  # type: ignore[return-value]  # set when there is no error
 
@@ -228,7 +230,16 @@ class _Outcome(Generic[T]):
 
     value: T | None = None
     error: BaseException | None = None
+    trace: str | None = None
+    """The helper's traceback of an unexpected error."""
     records: list[logging.LogRecord] = field(default_factory=list)
+
+
+class HelperError(Exception):
+    """The cause of an error raised in the helper process: its traceback, as text."""
+
+    def __str__(self) -> str:
+        return f"\n{self.args[0]}" if self.args else ""
 
 
 class _Inline(Executor):
@@ -271,10 +282,10 @@ def _run_job(
     except Exception as exc:
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         error = RegistryError(f"MLflow at {settings.mlflow_uri} failed: {detail}{_hint(detail)}")
-        if not helper:
-            error.__cause__ = exc
+        if helper:  # tracebacks do not pickle: the caller chains this text to the error
+            outcome.trace = traceback.format_exc()
         else:
-            logging.getLogger(__name__).debug("recording failed:\n%s", traceback.format_exc())
+            error.__cause__ = exc
         outcome.error = error
     finally:
         if collect is not None:

@@ -239,19 +239,6 @@ def gate_version(
     the same holdout ``test`` so both sides are compared on equal terms, read again just
     before the alias moves, and the gate runs again if another training moved it meanwhile.
     Run it under the registry's lock (see :func:`register_and_gate`)."""
-    decision = _gate_and_move(client, settings, version, run_id, score, test)
-    log.info("%s", decision.headline())
-    return decision
-
-
-def _gate_and_move(
-    client: MlflowClient,
-    settings: Settings,
-    version: str,
-    run_id: str,
-    score: float,
-    test: pd.DataFrame,
-) -> Decision:
     from socialads.models.search import evaluate
 
     metric = settings.selection_metric
@@ -293,6 +280,7 @@ def _gate_and_move(
         raise RegistryError(
             f"updating the registry at {settings.mlflow_uri} failed: {exc}"
         ) from exc
+    log.info("%s", decision.headline())
     return decision
 
 
